@@ -1,0 +1,170 @@
+"""Decide what to quantize: an op registry annotates a graph into a QuantPlan.
+
+Placement follows what ONNX Runtime and other QDQ runtimes fuse: inputs of
+compute ops (Conv, Gemm, MatMul, Add, pooling) are quantized; Relu/Clip after a
+compute op are not split from it (the Q after them absorbs them); pass-through
+ops (Reshape, Transpose, MaxPool, Concat, Pad, ...) share their input's qparams.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+import onnx_ir as ir
+
+from onnxq.config import QuantConfig
+from onnxq.fragile import find_fragile
+from onnxq.spec import BiasSpec, QuantPlan, QuantSpec
+
+PASS_THROUGH = {
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Pad", "Slice",
+    "Split", "Gather", "Expand", "Identity", "DepthToSpace", "SpaceToDepth", "Resize",
+}
+
+
+class Annotator:
+    """Builds a QuantPlan for one graph under one config."""
+
+    def __init__(self, config: QuantConfig):
+        self.config = config
+        self.plan = QuantPlan()
+
+    def activation_spec(self) -> QuantSpec:
+        """The spec every quantized activation gets."""
+        return QuantSpec(self.config.activations, self.config.activation_symmetric,
+                         observer=self.config.observer)
+
+    def is_activation(self, value: ir.Value | None) -> bool:
+        """A float tensor computed at run time (not a constant)."""
+        return (value is not None and value.const_value is None
+                and value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16))
+
+    def activation(self, node: ir.Node, index: int) -> bool:
+        """Quantize input ``index`` of ``node`` (a run-time float tensor)."""
+        value = node.inputs[index]
+        if not self.is_activation(value):
+            return False
+        self.plan.activations.setdefault(value.name, self.activation_spec())
+        self.plan.uses.setdefault(value.name, []).append((node, index))
+        return True
+
+    def weight(self, node: ir.Node, index: int, axis: int | None) -> bool:
+        """Quantize constant input ``index`` per channel along ``axis`` (None: per tensor)."""
+        value = node.inputs[index]
+        if value is None or not value.is_initializer() or value.dtype != ir.DataType.FLOAT:
+            return False
+        rank = len(value.const_value.shape)
+        if axis is not None and axis >= rank:
+            axis = None
+        self.plan.weights[value.name] = QuantSpec(
+            self.config.weights, True, axis, observer=self.config.weight_observer)
+        return True
+
+    def bias(self, node: ir.Node, index: int, act_index: int, weight_index: int) -> None:
+        """Quantize a 1-D bias to int32 with scale s_input * s_weight."""
+        bias = node.inputs[index] if len(node.inputs) > index else None
+        if (bias is None or not bias.is_initializer() or bias.dtype != ir.DataType.FLOAT
+                or len(bias.const_value.shape) != 1):
+            return
+        self.plan.biases[bias.name] = BiasSpec(node.inputs[act_index].name,
+                                               node.inputs[weight_index].name)
+
+
+def _conv(a: Annotator, node: ir.Node) -> None:
+    axis = 1 if node.op_type == "ConvTranspose" else 0
+    if a.activation(node, 0) and a.weight(node, 1, axis):
+        a.bias(node, 2, 0, 1)
+    else:
+        a.activation(node, 1)
+
+
+def _gemm(a: Annotator, node: ir.Node) -> None:
+    trans_b = node.attributes.get_int("transB", 0)
+    alpha = node.attributes.get_float("alpha", 1.0)
+    beta = node.attributes.get_float("beta", 1.0)
+    if a.activation(node, 0) and a.weight(node, 1, 0 if trans_b else 1):
+        if alpha == 1.0 and beta == 1.0:
+            a.bias(node, 2, 0, 1)
+    else:
+        a.activation(node, 1)
+
+
+def _matmul(a: Annotator, node: ir.Node) -> None:
+    a.activation(node, 0)
+    weight = node.inputs[1]
+    if weight is not None and weight.const_value is not None:
+        a.weight(node, 1, len(weight.const_value.shape) - 1)
+    else:
+        a.activation(node, 1)
+
+
+def _binary(a: Annotator, node: ir.Node) -> None:
+    if all(a.is_activation(v) for v in node.inputs):
+        a.activation(node, 0)
+        a.activation(node, 1)
+    else:
+        a.plan.float_nodes[node.name] = "constant operand: runs in float"
+
+
+def _pool(a: Annotator, node: ir.Node) -> None:
+    a.activation(node, 0)
+
+
+REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
+    "Conv": _conv,
+    "ConvTranspose": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _binary,
+    "Mul": _binary,
+    "GlobalAveragePool": _pool,
+    "AveragePool": _pool,
+}
+NO_QUANT_NEEDED = PASS_THROUGH | {"Relu", "Clip", "Concat", "Constant", "Shape", "Cast"}
+
+
+def _excluded(node: ir.Node, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op_type, p)
+               for p in patterns)
+
+
+def _share_through(a: Annotator, graph: ir.Graph) -> None:
+    """Walk backwards: a quantized output of a pass-through op or Concat quantizes its inputs."""
+    for node in reversed(list(graph)):
+        if node.name in a.plan.float_nodes or not node.outputs:
+            continue
+        out = node.outputs[0].name
+        if out not in a.plan.activations:
+            continue
+        if node.op_type in PASS_THROUGH:
+            indices = [0]
+        elif node.op_type == "Concat":
+            indices = range(len(node.inputs))
+        else:
+            continue
+        for i in indices:
+            if a.activation(node, i):
+                a.plan.share(out, node.inputs[i].name)
+
+
+def annotate(model: ir.Model, config: QuantConfig) -> QuantPlan:
+    """Decide, for every tensor of ``model``'s main graph, whether and how it is quantized."""
+    a = Annotator(config)
+    graph = model.graph
+    if config.keep_fragile_float:
+        for node, reason in find_fragile(graph).items():
+            a.plan.float_nodes[node.name] = f"kept float: {reason}"
+    for node in graph:
+        if node.name in a.plan.float_nodes:
+            continue
+        if _excluded(node, config.exclude):
+            a.plan.float_nodes[node.name] = "excluded by --exclude"
+        elif node.op_type in REGISTRY:
+            REGISTRY[node.op_type](a, node)
+        elif node.op_type not in NO_QUANT_NEEDED and node.domain in ("", "ai.onnx"):
+            a.plan.float_nodes[node.name] = f"no quantized kernel for {node.op_type}: runs in float"
+        elif node.domain not in ("", "ai.onnx"):
+            a.plan.float_nodes[node.name] = f"custom op {node.domain}::{node.op_type}: quantized around"
+    _share_through(a, graph)
+    return a.plan

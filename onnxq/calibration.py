@@ -1,0 +1,86 @@
+"""Calibration streamed through ONNX Runtime: observers are updated batch by batch.
+
+The float model is augmented with the planned activations as extra outputs;
+each batch's outputs go straight into the observers and are then dropped, so
+memory does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.data import Feed, InputSpec, check_feed, model_inputs
+from onnxq.errors import OnnxqError
+from onnxq.observers import ChannelMeanObserver, MinMaxObserver, make_observer
+from onnxq.progress import Progress
+from onnxq.runtime import make_session
+from onnxq.spec import QuantPlan
+
+
+def batches(feeds: Iterable[Feed], inputs: Sequence[InputSpec], size: int) -> Iterator[Feed]:
+    """Concatenate consecutive same-shaped samples along a dynamic batch dim."""
+    batchable = size > 1 and all(spec.shape and spec.shape[0] is None for spec in inputs)
+    pending: list[Feed] = []
+    for feed in feeds:
+        check_feed(feed, inputs)
+        if not batchable:
+            yield feed
+            continue
+        if pending and any(pending[0][k].shape != feed[k].shape for k in feed):
+            yield {k: np.concatenate([f[k] for f in pending]) for k in feed}
+            pending = []
+        pending.append(feed)
+        if len(pending) == size:
+            yield {k: np.concatenate([f[k] for f in pending]) for k in feed}
+            pending = []
+    if pending:
+        yield {k: np.concatenate([f[k] for f in pending]) for k in pending[0]}
+
+
+def _session_with_outputs(model: ir.Model, names: Sequence[str], device: str):
+    """An ORT session on ``model`` that also returns the tensors ``names``."""
+    existing = {v.name for v in model.graph.outputs}
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    values.update({v.name: v for v in model.graph.inputs})
+    added = [values[name] for name in dict.fromkeys(names) if name not in existing]
+    model.graph.outputs.extend(added)
+    try:
+        return make_session(model, device)
+    finally:
+        for _ in added:
+            model.graph.outputs.pop()
+
+
+def calibrate(model: ir.Model, plan: QuantPlan, data: Iterable[Feed], *, device: str = "cpu",
+              batch_size: int = 8, progress: Progress | None = None, total: int | None = None,
+              channel_means: Sequence[str] = ()
+              ) -> tuple[dict[str, MinMaxObserver], dict[str, ChannelMeanObserver]]:
+    """Run ``data`` through ``model`` once.
+
+    Returns one fed range observer per qparam group of ``plan`` and a per-channel
+    mean observer for each tensor in ``channel_means``.
+    """
+    progress = progress or Progress(quiet=True)
+    groups = plan.groups()
+    observers = {root: make_observer(plan.activations[root].observer) for root in groups}
+    means = {name: ChannelMeanObserver() for name in channel_means}
+    names = list(dict.fromkeys([n for members in groups.values() for n in members] + list(means)))
+    if not names:
+        return observers, means
+    session = _session_with_outputs(model, names, device)
+    inputs = model_inputs(model)
+    count = 0
+    for feed in progress(batches(data, inputs, batch_size), "calibrate",
+                         total=None if total is None else -(-total // max(batch_size, 1))):
+        for name, array in zip(names, session.run(names, feed)):
+            if name in plan.activations:
+                observers[plan.group(name)].update(array)
+            if name in means:
+                means[name].update(array)
+        count += 1
+    if count == 0:
+        raise OnnxqError("calibration data is empty; pass --calib with at least one sample")
+    return observers, means

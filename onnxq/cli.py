@@ -1,0 +1,191 @@
+"""The ``onnxq`` command line: quantize, validate, inspect."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from onnxq.config import ACTIVATION_TYPES, WEIGHT_OBSERVERS, WEIGHT_TYPES, QuantConfig
+from onnxq.errors import OnnxqError
+from onnxq.observers import OBSERVERS
+
+
+def _one_line_errors(func):
+    """Report OnnxqError (and anything unexpected) as one line with a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except OnnxqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug: still one line, traceback on request
+            if os.environ.get("ONNXQ_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"error: internal error ({type(exc).__name__}: {first}); "
+                       "rerun with ONNXQ_DEBUG=1 for the traceback", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _floats(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise click.BadParameter("give one value or three comma-separated values")
+    return values
+
+
+def _image_options(func):
+    """Preprocessing options shared by quantize and validate."""
+    options = [
+        click.option("--size", type=int, default=None,
+                     help="Centre-crop size (default: the model's input size, else 224)."),
+        click.option("--resize", type=int, default=None,
+                     help="Resize the shorter side to this first (default: size * 256/224)."),
+        click.option("--mean", default="127", show_default=True,
+                     help="Pixel-space mean(s) subtracted: one value or R,G,B."),
+        click.option("--std", default="128", show_default=True,
+                     help="Pixel-space divisor(s): one value or R,G,B."),
+        click.option("--bgr", is_flag=True, help="Feed channels as BGR instead of RGB."),
+        click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto",
+                     show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _make_image_options(size, resize, mean, std, bgr, layout):
+    from onnxq.sources import ImageOptions
+
+    try:
+        return ImageOptions(size, resize, _floats(mean), _floats(std), bgr, layout)
+    except ValueError:
+        raise OnnxqError(f"--mean/--std must be numbers (got {mean!r}, {std!r})") from None
+
+
+@click.group()
+@click.version_option(package_name="onnxq")
+def main() -> None:
+    """onnxq: post-training quantization of ONNX graphs to QDQ models."""
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output path (default: MODEL.int8.onnx next to the input).")
+@click.option("--calib", default=None,
+              help="Image folder, .npz file, folder of .npz files, or 'random'.")
+@_image_options
+@click.option("--weights", type=click.Choice(WEIGHT_TYPES), default="int8", show_default=True)
+@click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8",
+              show_default=True)
+@click.option("--observer", type=click.Choice(OBSERVERS), default="minmax", show_default=True,
+              help="Activation range observer.")
+@click.option("--weight-observer", type=click.Choice(WEIGHT_OBSERVERS), default="minmax",
+              show_default=True)
+@click.option("--samples", type=int, default=256, show_default=True,
+              help="Calibration samples (chosen deterministically with --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exclude", multiple=True, help="Glob on node name or op type to keep in float.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True)
+@click.option("--quantize-fragile", is_flag=True,
+              help="Also quantize LayerNorm/GELU/softmax chains (kept float by default).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars or notes.")
+@_one_line_errors
+def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
+             observer, weight_observer, samples, seed, exclude, bias_correction,
+             quantize_fragile, device, quiet) -> None:
+    """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
+    from onnxq.api import quantize as quantize_file
+    from onnxq.model_io import load_model
+    from onnxq.sources import open_source
+
+    config = QuantConfig(weights=weights, activations=activations, observer=observer,
+                         weight_observer=weight_observer, samples=samples, seed=seed,
+                         exclude=tuple(exclude), keep_fragile_float=not quantize_fragile,
+                         bias_correction=bias_correction, device=device)
+    if model is None:
+        from onnxq.demo import run_default
+
+        run_default(Path(output).parent if output else Path("onnxq-demo"), config, quiet)
+        return
+    if calib is None:
+        raise OnnxqError("missing calibration data: pass --calib FOLDER|FILE.npz "
+                         "(or --calib random to calibrate on random data)")
+    source = open_source(calib, load_model(model), _make_image_options(
+        size, resize, mean, std, bgr, layout), samples, seed)
+    report = quantize_file(model, output, source, config, quiet=quiet)
+    from onnxq.api import default_output
+
+    out = output or default_output(Path(model), config)
+    click.echo(f"wrote {out}: {report.quantized_weights} weights and "
+               f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s")
+    if report.float_nodes and not quiet:
+        click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
+
+
+@main.command()
+@click.argument("fp32", type=click.Path(dir_okay=False))
+@click.argument("quantized", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Image folder, .npz file or folder of .npz files.")
+@_image_options
+@click.option("--samples", type=int, default=None, help="Validate on at most this many samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="ORT intra-op threads for the latency measurement (batch 1).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+@_one_line_errors
+def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, samples, seed, threads,
+             device, quiet) -> None:
+    """Compare QUANTIZED with FP32: SQNR, cosine, top-1 agreement/accuracy, latency."""
+    from onnxq.model_io import load_model
+    from onnxq.progress import Progress
+    from onnxq.sources import open_source
+    from onnxq.validate import compare, latency_ms
+
+    reference, candidate = load_model(fp32), load_model(quantized)
+    source = open_source(data, reference, _make_image_options(
+        size, resize, mean, std, bgr, layout), samples, seed)
+    labels = getattr(source, "labels", None)
+    result = compare(reference, candidate, source, labels, device, Progress(quiet),
+                     total=len(source))
+    click.echo(f"{result.samples} samples")
+    for out in result.outputs:
+        click.echo(f"  output {out.name}: SQNR {out.sqnr_db:.2f} dB, cosine {out.cosine:.5f}")
+    if result.top1_agreement is not None:
+        click.echo(f"  top-1 agreement {result.top1_agreement:.4f}, KL {result.kl_to_fp32:.5f}")
+    if result.top1_fp32 is not None:
+        click.echo(f"  labelled top-1: FP32 {result.top1_fp32:.4f}, "
+                   f"quantized {result.top1_quantized:.4f}")
+    feed = next(iter(source))
+    click.echo(f"  latency (batch 1, {threads} thread(s)): FP32 "
+               f"{latency_ms(fp32, feed, threads):.2f} ms, quantized "
+               f"{latency_ms(quantized, feed, threads):.2f} ms")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@_one_line_errors
+def inspect(model) -> None:
+    """Op counts, what is quantized and what is not (with the reason), size."""
+    from onnxq.inspect_model import summarize
+    from onnxq.model_io import load_model
+
+    click.echo(summarize(load_model(model), Path(model)))

@@ -1,0 +1,52 @@
+"""The quantization configuration: what the user chose, in one frozen record."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from onnxq.errors import OnnxqError
+from onnxq.numerics import QTYPES
+from onnxq.observers import OBSERVERS
+
+WEIGHT_TYPES = ("int8", "int4")
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+WEIGHT_OBSERVERS = ("minmax", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Choices for one quantization run (the CLI flags map one to one)."""
+
+    weights: str = "int8"
+    activations: str = "uint8"
+    observer: str = "minmax"
+    weight_observer: str = "minmax"
+    samples: int | None = 256
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
+    keep_fragile_float: bool = True
+    bias_correction: bool = True
+    device: str = "cpu"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        checks = [("weights", self.weights, WEIGHT_TYPES),
+                  ("activations", self.activations, ACTIVATION_TYPES),
+                  ("observer", self.observer, OBSERVERS),
+                  ("weight_observer", self.weight_observer, WEIGHT_OBSERVERS),
+                  ("device", self.device, ("cpu", "cuda"))]
+        for field, value, allowed in checks:
+            if value not in allowed:
+                raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
+        if self.samples is not None and self.samples < 1:
+            raise OnnxqError(f"--samples must be at least 1 (got {self.samples})")
+
+    @property
+    def activation_symmetric(self) -> bool:
+        """Signed activation grids are symmetric; unsigned ones are asymmetric."""
+        return QTYPES[self.activations].signed
+
+    @property
+    def required_opset(self) -> int:
+        """The lowest default-domain opset whose Q/DQ supports the chosen types."""
+        return max(QTYPES[self.weights].min_opset, QTYPES[self.activations].min_opset)

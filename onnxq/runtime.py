@@ -1,0 +1,47 @@
+"""ONNX Runtime sessions: provider choice, sessions on in-memory or large models."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxq.errors import OnnxqError
+from onnxq.model_io import EXTERNAL_DATA_THRESHOLD, model_nbytes
+
+
+def providers(device: str) -> list[str]:
+    """Execution providers for ``device`` ('cpu' or 'cuda'), with a clear error when missing."""
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OnnxqError("--device cuda needs onnxruntime-gpu with CUDA "
+                             "(pip install onnxruntime-gpu); or use --device cpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(threads: int = 0, optimize: bool = True) -> ort.SessionOptions:
+    """Session options with ``threads`` intra-op threads (0: ORT's default)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def make_session(model: ir.Model, device: str = "cpu", threads: int = 0,
+                 optimize: bool = True) -> ort.InferenceSession:
+    """An ORT session on an in-memory model (saved with external data when large)."""
+    options = session_options(threads, optimize)
+    provider_list = providers(device)
+    if model_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        data = ir.to_proto(model).SerializeToString()
+        return ort.InferenceSession(data, options, providers=provider_list)
+    with tempfile.TemporaryDirectory(prefix="onnxq-session-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        ir.save(model, path, external_data="model.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=provider_list)

@@ -1,0 +1,35 @@
+"""Upgrade the default-domain opset when the chosen quantization scheme needs it."""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnxscript import version_converter
+
+logger = logging.getLogger(__name__)
+
+
+class OpsetUpgradePass(ir.passes.InPlacePass):
+    """Convert the model to at least ``target`` (per-channel Q/DQ >= 13, int4/16-bit >= 21).
+
+    Changes: the default-domain opset import and the node forms that differ
+    between versions.  Never downgrades.
+    """
+
+    def __init__(self, target: int):
+        super().__init__()
+        self.target = target
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        current = model.opset_imports.get("", 1)
+        if current >= self.target:
+            return ir.passes.PassResult(model, False)
+        version_converter.convert_version(model, self.target, fallback=True)
+        model.opset_imports[""] = self.target
+        logger.info("upgraded opset %d -> %d", current, self.target)
+        return ir.passes.PassResult(model, True)
+
+    def ensures(self, model: ir.Model) -> None:
+        if model.opset_imports.get("", 1) < self.target:
+            raise ir.passes.PostconditionError(f"opset is still below {self.target}")
