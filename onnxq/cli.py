@@ -81,7 +81,6 @@ def _make_image_options(size, resize, mean, std, bgr, layout):
 @click.version_option(package_name="onnxq")
 def main() -> None:
     """onnxq: post-training quantization of ONNX graphs to QDQ models."""
-    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
 
 
 @main.command()
@@ -128,6 +127,10 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
     if calib is None:
         raise OnnxqError("missing calibration data: pass --calib FOLDER|FILE.npz "
                          "(or --calib random to calibrate on random data)")
+    if calib == "random":
+        click.echo("warning: calibrating on random data: activation ranges will not match "
+                   "real inputs", err=True)
+        warnings.simplefilter("ignore", UserWarning)
     source = open_source(calib, load_model(model), _make_image_options(
         size, resize, mean, std, bgr, layout), samples, seed)
     report = quantize_file(model, output, source, config, quiet=quiet)

@@ -38,10 +38,18 @@ def make_session(model: ir.Model, device: str = "cpu", threads: int = 0,
     """An ORT session on an in-memory model (saved with external data when large)."""
     options = session_options(threads, optimize)
     provider_list = providers(device)
-    if model_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
-        data = ir.to_proto(model).SerializeToString()
-        return ort.InferenceSession(data, options, providers=provider_list)
-    with tempfile.TemporaryDirectory(prefix="onnxq-session-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        ir.save(model, path, external_data="model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=provider_list)
+    try:
+        if model_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+            data = ir.to_proto(model).SerializeToString()
+            return ort.InferenceSession(data, options, providers=provider_list)
+        with tempfile.TemporaryDirectory(prefix="onnxq-session-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            ir.save(model, path, external_data="model.onnx.data")
+            return ort.InferenceSession(str(path), options, providers=provider_list)
+    except (ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:
+        reason = str(exc).splitlines()[0].split(" : ")[-1]
+        raise OnnxqError(f"ONNX Runtime cannot load the model ({reason}); calibration needs a "
+                         "model ORT runs: register custom-op libraries or export standard ops"
+                         ) from None

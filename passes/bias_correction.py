@@ -26,7 +26,9 @@ def _output_shift(node: ir.Node, delta: np.ndarray, mean: np.ndarray) -> np.ndar
         groups = node.attributes.get_int("group", 1)
         summed = delta.reshape(delta.shape[0], delta.shape[1], -1).sum(axis=2)  # [I, O/g]
         per_group = summed.reshape(groups, -1, summed.shape[1])
-        return np.einsum("gij,gi->gj", per_group, mean.reshape(groups, -1)).reshape(-1)
+        shift = np.einsum("gij,gi->gj", per_group, mean.reshape(groups, -1)).reshape(-1)
+        # each output pixel receives on average 1/prod(strides) of the kernel's taps
+        return shift / np.prod(node.attributes.get_ints("strides", [1]))
     if node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
         matrix = delta if node.attributes.get_int("transB", 0) else delta.T  # [N, K]
         return matrix @ mean

@@ -1,0 +1,51 @@
+"""Peak RSS of `onnxq quantize` on EfficientNet-Lite0 with 64 vs 512 calibration samples.
+
+Each run is a fresh process; its peak RSS is read from the kernel.  The shared
+ImageNet sample has 500 calib images, so 512 samples means all 500 of them.
+
+    python benchmarks/calib_memory.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from onnxq.demo import find_imagenet_sample
+from onnxq.models.efficientnet_lite0 import export
+
+
+CHILD = """
+import resource, sys
+from onnxq.cli import main
+main(sys.argv[1:], standalone_mode=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Run the CLI in a fresh child process and return that process's peak RSS."""
+    out = subprocess.run([sys.executable, "-c", CHILD, *args], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def main() -> None:
+    """Print peak RSS for each sample count."""
+    sample = find_imagenet_sample()
+    if sample is None:
+        print("skipped: ../shared/data/imagenet-sample not found")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = export(Path(tmp) / "lite0.onnx")
+        for samples in (64, 512):
+            rss = peak_rss_mb(["quantize", str(model), "--calib", str(sample / "calib"),
+                               "--samples", str(samples), "-o", str(Path(tmp) / "q.onnx"),
+                               "--quiet"])
+            print(f"samples {samples:4d}: peak RSS {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Small synthetic CNNs with seeded weights, exported to ONNX, for fast tests."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAME = "image"
+
+
+def _small_cnn(seed: int):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        """Conv/ReLU6, depthwise, residual Add, MaxPool, Concat, ConvTranspose, GAP, Linear."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(3, 16, 3), nn.ReLU6())
+            self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6())
+            self.project = nn.Conv2d(16, 16, 1)
+            self.pool = nn.MaxPool2d(2)
+            self.side = nn.Conv2d(16, 8, 1)
+            self.up = nn.ConvTranspose2d(24, 8, 2, stride=2)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + self.project(self.dw(x))
+            x = self.pool(x)
+            x = torch.cat([x, torch.relu(self.side(x))], dim=1)
+            x = torch.relu(self.up(x))
+            return self.head(x.mean(dim=(2, 3)))
+
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+def export_small_cnn(path: str | Path, seed: int = 0, opset: int = 17) -> Path:
+    """Export the small CNN (input ``image``: N x 3 x 32 x 32, dynamic N)."""
+    import torch
+
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_small_cnn(seed), torch.zeros(1, 3, 32, 32), str(path),
+                          opset_version=opset, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=["logits"],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def image_feeds(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` smooth random images (one sample per feed) for the small CNN."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        coarse = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+        feeds.append({INPUT_NAME: np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)})
+    return feeds

@@ -1,0 +1,8 @@
+"""onnxq: ONNX graph-level post-training quantization to QDQ models."""
+
+from onnxq.api import quantize
+from onnxq.config import QuantConfig
+from onnxq.errors import OnnxqError
+
+__all__ = ["OnnxqError", "QuantConfig", "quantize"]
+__version__ = "0.1.0"

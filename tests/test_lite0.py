@@ -1,0 +1,57 @@
+"""EfficientNet-Lite0 on the real ImageNet sample (skipped when ../shared/data is absent)."""
+
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxq.api import quantize
+from onnxq.config import QuantConfig
+from onnxq.data import ImageFolder
+from onnxq.model_io import load_model
+from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS
+from onnxq.runtime import session_options
+from onnxq.validate import compare
+
+
+def optimized_ops(path: Path) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(1)
+        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.fixture(scope="module")
+def data(imagenet_sample):
+    calib = ImageFolder(imagenet_sample / "calib", INPUT_NAME, PREPROCESS, samples=64, seed=0)
+    val = ImageFolder(imagenet_sample / "val", INPUT_NAME, PREPROCESS, samples=120, seed=0)
+    return calib, val
+
+
+@pytest.fixture(scope="module")
+def results(lite0, data, tmp_path_factory):
+    calib, val = data
+    out = {}
+    reference = load_model(lite0)
+    for correction in (False, True):
+        path = tmp_path_factory.mktemp("q") / f"lite0.bc{correction}.onnx"
+        quantize(lite0, path, calib, QuantConfig(samples=64, bias_correction=correction), quiet=True)
+        out[correction] = (path, compare(reference, load_model(path), val, labels=val.labels))
+    return out
+
+
+def test_w8a8_agrees_with_fp32_and_every_conv_runs_int8(results):
+    path, result = results[True]
+    assert result.top1_agreement >= 0.97
+    assert result.top1_quantized >= result.top1_fp32 - 0.03
+    ops = optimized_ops(path)
+    assert ops.count("QLinearConv") == 49 and ops.count("Conv") == 0
+
+
+def test_bias_correction_reduces_error_on_real_images(results):
+    without, with_correction = results[False][1], results[True][1]
+    assert with_correction.kl_to_fp32 < 0.8 * without.kl_to_fp32
+    assert with_correction.outputs[0].sqnr_db > without.outputs[0].sqnr_db + 1.0
