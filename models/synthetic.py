@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
+from onnxq.models.torch_export import export_module
 
 INPUT_NAME = "image"
 
@@ -43,14 +43,7 @@ def export_small_cnn(path: str | Path, seed: int = 0, opset: int = 17) -> Path:
     """Export the small CNN (input ``image``: N x 3 x 32 x 32, dynamic N)."""
     import torch
 
-    path = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_small_cnn(seed), torch.zeros(1, 3, 32, 32), str(path),
-                          opset_version=opset, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=["logits"],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}})
-    return path
+    return export_module(_small_cnn(seed), torch.zeros(1, 3, 32, 32), path, INPUT_NAME, opset)
 
 
 def image_feeds(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

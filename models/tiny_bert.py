@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from onnxq.models.torch_export import export_module
 
 VOCAB, HIDDEN, HEADS, LAYERS, CLASSES, SEQ = 1000, 128, 4, 2, 16, 32
 INPUT_NAME = "input_ids"
@@ -57,19 +58,10 @@ def _build(seed: int):
 
 def export(path: str | Path, opset: int = 17, seed: int = 0) -> Path:
     """Export the encoder with a dynamic batch to ``path``."""
-    import warnings
-
     import torch
 
-    path = Path(path)
-    net = _build(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.zeros(1, SEQ, dtype=torch.long), str(path),
-                          opset_version=opset, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=["logits"],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}})
-    return path
+    return export_module(_build(seed), torch.zeros(1, SEQ, dtype=torch.long), path, INPUT_NAME,
+                         opset)
 
 
 def token_batches(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

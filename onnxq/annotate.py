@@ -163,8 +163,10 @@ def annotate(model: ir.Model, config: QuantConfig) -> QuantPlan:
         elif node.op_type in REGISTRY:
             REGISTRY[node.op_type](a, node)
         elif node.op_type not in NO_QUANT_NEEDED and node.domain in ("", "ai.onnx"):
-            a.plan.float_nodes[node.name] = f"no quantized kernel for {node.op_type}: runs in float"
+            a.plan.float_nodes[node.name] = (f"no quantized kernel for {node.op_type}: "
+                                             "runs in float")
         elif node.domain not in ("", "ai.onnx"):
-            a.plan.float_nodes[node.name] = f"custom op {node.domain}::{node.op_type}: quantized around"
+            a.plan.float_nodes[node.name] = (f"custom op {node.domain}::{node.op_type}: "
+                                             "quantized around")
     _share_through(a, graph)
     return a.plan

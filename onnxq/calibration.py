@@ -75,7 +75,7 @@ def calibrate(model: ir.Model, plan: QuantPlan, data: Iterable[Feed], *, device:
     count = 0
     for feed in progress(batches(data, inputs, batch_size), "calibrate",
                          total=None if total is None else -(-total // max(batch_size, 1))):
-        for name, array in zip(names, session.run(names, feed)):
+        for name, array in zip(names, session.run(names, feed), strict=True):
             if name in plan.activations:
                 observers[plan.group(name)].update(array)
             if name in means:

@@ -217,7 +217,7 @@ def check_feed(feed: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]) -> N
                 f"{spec.dtype}; convert the data (e.g. arr.astype(np.{spec.dtype.name}))"
             )
         shape_ok = arr.ndim == len(spec.shape) and all(
-            d is None or d == a for d, a in zip(spec.shape, arr.shape))
+            d is None or d == a for d, a in zip(spec.shape, arr.shape, strict=True))
         if not shape_ok:
             raise OnnxqError(
                 f"calibration input '{spec.name}' has shape {list(arr.shape)}, the model "

@@ -41,7 +41,7 @@ def _affine_tail(node: ir.Node, region: set[ir.Node]) -> None:
 
 
 def _chain_back(value: ir.Value | None, stop: ir.Node, limit: int = 8) -> set[ir.Node] | None:
-    """Normalization-chain producers of ``value`` back to ``stop``, or None if it leaves the chain."""
+    """Normalization-chain producers of ``value`` back to ``stop`` (None if it leaves the chain)."""
     chain: set[ir.Node] = set()
     frontier = [value]
     while frontier:

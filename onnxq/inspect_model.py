@@ -25,7 +25,8 @@ def summarize(model: ir.Model, path: Path) -> str:
     lines = [f"{path}: {path.stat().st_size / 1e6:.2f} MB, opset "
              f"{model.opset_imports.get('', '?')}, {len(graph)} nodes"]
     lines.append("ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
-    lines.append("weights: " + ", ".join(f"{d} {b / 1e6:.2f} MB" for d, b in by_dtype.most_common()))
+    lines.append("weights: " + ", ".join(
+        f"{dtype} {nbytes / 1e6:.2f} MB" for dtype, nbytes in by_dtype.most_common()))
     compute = [node for node in graph if node.op_type in REGISTRY]
     lines.append(f"quantized compute nodes: {len(dq_fed)} of {len(compute)}")
     report = json.loads(model.metadata_props.get("onnxq.report", "{}"))

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxq.data import (IMAGE_SUFFIXES, ImageFolder, ImagePreprocess, NpzArrays, NpzFolder,
-                        RandomData, model_inputs)
+from onnxq.data import (
+    IMAGE_SUFFIXES,
+    ImageFolder,
+    ImagePreprocess,
+    NpzArrays,
+    NpzFolder,
+    RandomData,
+    model_inputs,
+)
 from onnxq.errors import OnnxqError
 
 

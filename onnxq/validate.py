@@ -46,7 +46,8 @@ class _Accumulator:
         self.correct_ref = self.correct_q = self.labelled = 0
         self.classifier = True
 
-    def update(self, ref: np.ndarray, quant: np.ndarray, labels: Sequence[int | None]) -> None:
+    def update(self, ref: np.ndarray, quant: np.ndarray,
+               labels: Sequence[int | None] | None) -> None:
         ref64, q64 = ref.astype(np.float64), quant.astype(np.float64)
         self.signal += float(np.sum(ref64 ** 2))
         self.noise += float(np.sum((ref64 - q64) ** 2))
@@ -62,7 +63,7 @@ class _Accumulator:
         self.agree += int(np.sum(ref_top == q_top))
         p = _softmax(r)
         self.kl += float(np.sum(p * (np.log(p + 1e-12) - np.log(_softmax(q) + 1e-12))))
-        for label, a, b in zip(labels, ref_top, q_top):
+        for label, a, b in zip(labels or [], ref_top, q_top, strict=labels is not None):
             if label is not None:
                 self.labelled += 1
                 self.correct_ref += int(a == label)
@@ -89,8 +90,8 @@ def compare(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed],
     for i, feed in enumerate(progress(data, "validate", total=total)):
         ref_out = ref_session.run(names, feed)
         q_out = q_session.run(names, feed)
-        batch_labels = [labels[i]] if labels is not None else [None]
-        for name, r, q in zip(names, ref_out, q_out):
+        batch_labels = [labels[i]] if labels is not None else None
+        for name, r, q in zip(names, ref_out, q_out, strict=True):
             accumulators[name].update(r, q, batch_labels)
         count += 1
     if count == 0:

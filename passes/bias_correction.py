@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
+from onnxq.passes.emit_qdq import weight_qparams
 
 from onnxq.numerics import QTYPES, fake_quantize
-from onnxq.passes.emit_qdq import weight_qparams
 from onnxq.spec import QuantPlan
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.numerics import QTYPES, choose_qparams, mse_weight_ranges, channel_ranges, quantize
+from onnxq.numerics import QTYPES, channel_ranges, choose_qparams, mse_weight_ranges, quantize
 from onnxq.spec import QuantPlan
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,12 @@ class EmitQDQPass(ir.passes.InPlacePass):
         weight_qparams_by_name: dict[str, QParams] = {}
         for name, spec in self.plan.weights.items():
             value = graph.initializers[name]
-            params = weight_qparams(value.const_value.numpy(), spec.qtype, spec.axis, spec.observer)
+            w = value.const_value.numpy()
+            params = weight_qparams(w, spec.qtype, spec.axis, spec.observer)
             weight_qparams_by_name[name] = params
-            self._emit_constant(graph, value, params, f"weight {spec.qtype} symmetric, "
-                                f"{'per-channel axis ' + str(spec.axis) if spec.axis is not None else 'per-tensor'}, {spec.observer}")
+            granularity = "per-tensor" if spec.axis is None else f"per-channel axis {spec.axis}"
+            self._emit_constant(graph, value, params,
+                                f"weight {spec.qtype} symmetric {granularity}, {spec.observer}")
         for name, bias in self.plan.biases.items():
             act = self.activation_qparams.get(bias.activation)
             weight = weight_qparams_by_name.get(bias.weight)
@@ -87,8 +89,20 @@ class EmitQDQPass(ir.passes.InPlacePass):
                         len(self.activation_qparams), len(self.plan.weights))
         return ir.passes.PassResult(model, modified)
 
+    def ensures(self, model: ir.Model) -> None:
+        """Every QuantizeLinear feeds a DequantizeLinear and every axis is in range."""
+        for node in model.graph:
+            if node.op_type == "QuantizeLinear" and not all(
+                    user.op_type == "DequantizeLinear" for user, _ in node.outputs[0].uses()):
+                raise ir.passes.PostconditionError(f"{node.name} has a consumer that is not a DQ")
+            axis = node.attributes.get_int("axis", None)
+            shape = node.inputs[0].shape
+            if axis is not None and shape is not None and not -len(shape) <= axis < len(shape):
+                raise ir.passes.PostconditionError(f"{node.name}: axis {axis} out of range")
+
     @staticmethod
-    def _qparam_initializers(graph: ir.Graph, prefix: str, params: QParams) -> tuple[ir.Value, ir.Value]:
+    def _qparam_initializers(graph: ir.Graph, prefix: str,
+                             params: QParams) -> tuple[ir.Value, ir.Value]:
         grid = QTYPES[params.qtype]
         scale = params.scale.reshape(-1) if params.axis is not None else params.scale.reshape(())
         zp = params.zero_point.reshape(scale.shape).astype(grid.numpy_dtype)

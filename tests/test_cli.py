@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from onnxq.cli import main
 from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
+
+from onnxq.cli import main
 
 
 def invoke(*args):

@@ -6,12 +6,12 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
+from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS
 
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.data import ImageFolder
 from onnxq.model_io import load_model
-from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS
 from onnxq.runtime import session_options
 from onnxq.validate import compare
 

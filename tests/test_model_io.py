@@ -3,11 +3,11 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnxq.models.synthetic import image_feeds
 
 from onnxq import model_io
 from onnxq.errors import OnnxqError
 from onnxq.model_io import load_model, save_model
-from onnxq.models.synthetic import image_feeds
 
 
 def test_large_models_are_saved_with_external_data_and_reload(small_cnn, tmp_path, monkeypatch):

@@ -3,7 +3,14 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from onnxq.numerics import QTYPES, choose_qparams, fake_quantize, mse_weight_ranges, quantize, sqnr_db
+from onnxq.numerics import (
+    QTYPES,
+    choose_qparams,
+    fake_quantize,
+    mse_weight_ranges,
+    quantize,
+    sqnr_db,
+)
 from onnxq.observers import ChannelMeanObserver, HistogramObserver, MinMaxObserver, make_observer
 
 

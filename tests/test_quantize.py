@@ -6,16 +6,16 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from onnxq.models import tiny_bert
+from onnxq.models.synthetic import image_feeds
+from onnxq.passes import BiasCorrectionPass
+from onnxq.passes.emit_qdq import weight_qparams
 
 from onnxq.annotate import annotate
 from onnxq.api import quantize
 from onnxq.calibration import calibrate
 from onnxq.config import QuantConfig
 from onnxq.model_io import load_model
-from onnxq.models import tiny_bert
-from onnxq.models.synthetic import image_feeds
-from onnxq.passes import BiasCorrectionPass
-from onnxq.passes.emit_qdq import weight_qparams
 from onnxq.pipeline import prepare
 from onnxq.validate import compare
 
