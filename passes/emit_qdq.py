@@ -95,6 +95,8 @@ class EmitQDQPass(ir.passes.InPlacePass):
             if node.op_type == "QuantizeLinear" and not all(
                     user.op_type == "DequantizeLinear" for user, _ in node.outputs[0].uses()):
                 raise ir.passes.PostconditionError(f"{node.name} has a consumer that is not a DQ")
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                continue
             axis = node.attributes.get_int("axis", None)
             shape = node.inputs[0].shape
             if axis is not None and shape is not None and not -len(shape) <= axis < len(shape):
