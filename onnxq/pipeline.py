@@ -20,7 +20,6 @@ from onnxq.calibration import calibrate
 from onnxq.config import QuantConfig
 from onnxq.data import Feed
 from onnxq.errors import OnnxqError
-from onnxq.numerics import QTYPES, choose_qparams
 from onnxq.passes import (
     BiasCorrectionPass,
     EmitQDQPass,
@@ -29,9 +28,8 @@ from onnxq.passes import (
     OpsetUpgradePass,
     TolerantShapeInferencePass,
 )
-from onnxq.passes.emit_qdq import QParams
 from onnxq.progress import Progress
-from onnxq.spec import QuantPlan
+from onnxq.qparams import resolve_activations, resolve_weights
 
 VERSION = "0.1.0"
 
@@ -74,22 +72,6 @@ def prepare(model: ir.Model, config: QuantConfig) -> list[str]:
     return [type(p).__name__ for p in passes]
 
 
-def resolve_qparams(plan: QuantPlan, observers: dict) -> dict[str, QParams]:
-    """Scale/zero point for every planned activation, shared within groups."""
-    resolved: dict[str, QParams] = {}
-    for root, members in plan.groups().items():
-        observer = observers.get(root)
-        if observer is None or not observer.seen:
-            continue
-        spec = plan.activations[root]
-        grid = QTYPES[spec.qtype]
-        lo, hi = observer.range(grid, spec.symmetric)
-        scale, zp = choose_qparams(lo, hi, grid, spec.symmetric)
-        for name in members:
-            resolved[name] = QParams(scale, zp, spec.qtype)
-    return resolved
-
-
 def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
                    progress: Progress | None = None, total: int | None = None) -> QuantReport:
     """Quantize ``model`` in place with calibration ``data``; return the run's report."""
@@ -104,11 +86,12 @@ def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
     observers, means = calibrate(model, plan, data, device=config.device,
                                  batch_size=config.batch_size, progress=progress, total=total,
                                  channel_means=means_wanted)
-    qparams = resolve_qparams(plan, observers)
+    qparams = resolve_activations(plan, observers)
+    weight_params = resolve_weights(model, plan)
     if config.bias_correction:
-        BiasCorrectionPass(plan, {name: m.mean for name, m in means.items()})(model)
+        BiasCorrectionPass(plan, {name: m.mean for name, m in means.items()}, weight_params)(model)
         pass_names.append("BiasCorrectionPass")
-    EmitQDQPass(plan, qparams)(model)
+    EmitQDQPass(plan, qparams, weight_params)(model)
     pass_names.append("EmitQDQPass")
     report = QuantReport(
         passes=pass_names,

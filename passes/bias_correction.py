@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
-from onnxq.passes.emit_qdq import weight_qparams
 
 from onnxq.numerics import QTYPES, fake_quantize
+from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,11 @@ class BiasCorrectionPass(ir.passes.InPlacePass):
     Q(W) is computed with the same qparams the emission pass will use.
     """
 
-    def __init__(self, plan: QuantPlan, input_means: dict[str, np.ndarray]):
+    def __init__(self, plan: QuantPlan, input_means: dict[str, np.ndarray],
+                 weight_qparams: dict[str, QParams]):
         super().__init__()
         self.plan = plan
+        self.weight_qparams = weight_qparams
         self.input_means = input_means
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -58,7 +60,7 @@ class BiasCorrectionPass(ir.passes.InPlacePass):
             if mean is None or spec is None or value is None:
                 continue
             w = model.graph.initializers[bias.weight].const_value.numpy()
-            params = weight_qparams(w, spec.qtype, spec.axis, spec.observer)
+            params = self.weight_qparams[bias.weight]
             delta = fake_quantize(w, params.scale, params.zero_point, QTYPES[spec.qtype],
                                   params.axis) - w
             node = next(node for node, _ in value.uses())

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.numerics import QTYPES, channel_ranges, choose_qparams, mse_weight_ranges, quantize
+from onnxq.numerics import QTYPES, quantize
+from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class QParams:
-    """Resolved scale and zero point of one quantized tensor."""
-
-    scale: np.ndarray
-    zero_point: np.ndarray
-    qtype: str
-    axis: int | None = None
-
-
-def weight_qparams(w: np.ndarray, qtype: str, axis: int | None, observer: str) -> QParams:
-    """Symmetric (per-channel when ``axis`` is set) qparams for a weight tensor."""
-    grid = QTYPES[qtype]
-    if observer == "mse":
-        lo, hi = mse_weight_ranges(w, axis, grid)
-    else:
-        lo, hi = channel_ranges(w, axis)
-    scale, zp = choose_qparams(lo, hi, grid, symmetric=True)
-    return QParams(scale, zp, qtype, axis)
 
 
 class EmitQDQPass(ir.passes.InPlacePass):
@@ -45,27 +24,24 @@ class EmitQDQPass(ir.passes.InPlacePass):
     are written to each node's doc_string for inspection in Netron.
     """
 
-    def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams]):
+    def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
+                 weight_qparams: dict[str, QParams]):
         super().__init__()
         self.plan = plan
         self.activation_qparams = activation_qparams
+        self.weight_qparams = weight_qparams
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         values = {v.name: v for node in graph for v in node.outputs}
         values.update({v.name: v for v in graph.inputs})
-        weight_qparams_by_name: dict[str, QParams] = {}
         for name, spec in self.plan.weights.items():
-            value = graph.initializers[name]
-            w = value.const_value.numpy()
-            params = weight_qparams(w, spec.qtype, spec.axis, spec.observer)
-            weight_qparams_by_name[name] = params
             granularity = "per-tensor" if spec.axis is None else f"per-channel axis {spec.axis}"
-            self._emit_constant(graph, value, params,
+            self._emit_constant(graph, graph.initializers[name], self.weight_qparams[name],
                                 f"weight {spec.qtype} symmetric {granularity}, {spec.observer}")
         for name, bias in self.plan.biases.items():
             act = self.activation_qparams.get(bias.activation)
-            weight = weight_qparams_by_name.get(bias.weight)
+            weight = self.weight_qparams.get(bias.weight)
             if act is None or weight is None:
                 continue
             value = graph.initializers[name]

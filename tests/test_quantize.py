@@ -9,7 +9,6 @@ import pytest
 from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
 from onnxq.passes import BiasCorrectionPass
-from onnxq.passes.emit_qdq import weight_qparams
 
 from onnxq.annotate import annotate
 from onnxq.api import quantize
@@ -17,6 +16,7 @@ from onnxq.calibration import calibrate
 from onnxq.config import QuantConfig
 from onnxq.model_io import load_model
 from onnxq.pipeline import prepare
+from onnxq.qparams import resolve_weights, weight_qparams
 from onnxq.validate import compare
 
 
@@ -95,7 +95,8 @@ def test_bias_correction_reduces_layer_output_error(small_cnn):
     wq = (params.scale.reshape(-1, 1) * np.round(w / params.scale.reshape(-1, 1))).clip(
         -8 * params.scale.reshape(-1, 1), 7 * params.scale.reshape(-1, 1))
     bias_before = conv.inputs[2].const_value.numpy().copy()
-    BiasCorrectionPass(plan, {k: m.mean for k, m in means.items()})(model)
+    BiasCorrectionPass(plan, {k: m.mean for k, m in means.items()},
+                       resolve_weights(model, plan))(model)
     bias_after = conv.inputs[2].const_value.numpy()
     reference = x @ w.T + bias_before
     err_before = np.mean((x @ wq.T + bias_before - reference).mean(0) ** 2)
