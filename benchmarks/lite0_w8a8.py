@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import onnxruntime as ort
 from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS, export
 
@@ -43,6 +44,15 @@ def qlinear_conv_count(path: Path) -> tuple[int, int]:
     return ops.count("QLinearConv"), ops.count("Conv") + ops.count("FusedConv")
 
 
+def interleaved_latency(paths: dict[str, Path], feed: dict, rounds: int = 5) -> dict[str, float]:
+    """Median over alternating rounds, so machine-load drift hits every model alike."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            times[name].append(latency_ms(str(path), feed))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 @click.command()
 @click.option("--samples", default=256, show_default=True)
 @click.option("--observer", default="minmax", show_default=True)
@@ -67,12 +77,14 @@ def main(samples: int, observer: str, json_path: str | None) -> None:
                                        "path": theirs}
         reference = load_model(fp32)
         feed = next(iter(val))
-        fp32_ms = latency_ms(str(fp32), feed)
-        for row in rows.values():
+        paths = {"fp32": fp32, **{name: row["path"] for name, row in rows.items()}}
+        latency = interleaved_latency(paths, feed)
+        fp32_ms = latency["fp32"]
+        for name, row in rows.items():
             result = compare(reference, load_model(row["path"]), val, labels=val.labels)
             fused, float_convs = qlinear_conv_count(row["path"])
             row.update(top1=result.top1_quantized, agreement=result.top1_agreement,
-                       kl=result.kl_to_fp32, latency_ms=latency_ms(str(row["path"]), feed),
+                       kl=result.kl_to_fp32, latency_ms=latency[name],
                        size_mb=row["path"].stat().st_size / 1e6, qlinearconv=fused,
                        float_conv=float_convs)
             row["fp32_top1"] = result.top1_fp32
