@@ -16,32 +16,18 @@ from pathlib import Path
 
 import click
 import numpy as np
-import onnxruntime as ort
 from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS, export
 
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.data import ImageFolder
 from onnxq.model_io import load_model
-from onnxq.runtime import session_options
-from onnxq.validate import compare, latency_ms
+from onnxq.validate import compare, latency_ms, optimized_op_types
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ort_baseline import ort_quantize_static  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
-
-
-def qlinear_conv_count(path: Path) -> tuple[int, int]:
-    """(Conv nodes run as QLinearConv, float Conv nodes) in ORT's optimized graph."""
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = session_options(1)
-        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
-    return ops.count("QLinearConv"), ops.count("Conv") + ops.count("FusedConv")
 
 
 def interleaved_latency(paths: dict[str, Path], feed: dict, rounds: int = 5) -> dict[str, float]:
@@ -82,11 +68,12 @@ def main(samples: int, observer: str, json_path: str | None) -> None:
         fp32_ms = latency["fp32"]
         for name, row in rows.items():
             result = compare(reference, load_model(row["path"]), val, labels=val.labels)
-            fused, float_convs = qlinear_conv_count(row["path"])
+            ops = optimized_op_types(row["path"])
             row.update(top1=result.top1_quantized, agreement=result.top1_agreement,
                        kl=result.kl_to_fp32, latency_ms=latency[name],
-                       size_mb=row["path"].stat().st_size / 1e6, qlinearconv=fused,
-                       float_conv=float_convs)
+                       size_mb=row["path"].stat().st_size / 1e6,
+                       qlinearconv=ops.count("QLinearConv"),
+                       float_conv=ops.count("Conv") + ops.count("FusedConv"))
             row["fp32_top1"] = result.top1_fp32
             del row["path"]
     header = f"{'tool':22} {'top1':>6} {'agree':>6} {'KL':>8} {'quant s':>8} {'ms':>7} " \

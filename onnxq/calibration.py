@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from onnxq.data import Feed, InputSpec, check_feed, model_inputs
 from onnxq.errors import OnnxqError
+from onnxq.graph import values_by_name
 from onnxq.observers import ChannelMeanObserver, MinMaxObserver, make_observer
 from onnxq.progress import Progress
 from onnxq.runtime import make_session
@@ -43,8 +44,7 @@ def batches(feeds: Iterable[Feed], inputs: Sequence[InputSpec], size: int) -> It
 def _session_with_outputs(model: ir.Model, names: Sequence[str], device: str):
     """An ORT session on ``model`` that also returns the tensors ``names``."""
     existing = {v.name for v in model.graph.outputs}
-    values = {v.name: v for node in model.graph for v in node.outputs}
-    values.update({v.name: v for v in model.graph.inputs})
+    values = values_by_name(model.graph)
     added = [values[name] for name in dict.fromkeys(names) if name not in existing]
     model.graph.outputs.extend(added)
     try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -128,3 +131,12 @@ def latency_ms(model: ir.Model | str, feed: Feed, threads: int = 1, runs: int = 
         session.run(None, feed)
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
+
+
+def optimized_op_types(path: str | Path) -> list[str]:
+    """Op types of the graph ORT CPU actually runs (its optimized graph, 1 thread)."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-opt-") as tmp:
+        options = session_options(1)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]

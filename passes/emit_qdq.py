@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.graph import values_by_name
 from onnxq.numerics import QTYPES, quantize
 from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
@@ -33,8 +34,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        values = {v.name: v for node in graph for v in node.outputs}
-        values.update({v.name: v for v in graph.inputs})
+        values = values_by_name(graph)
         for name, spec in self.plan.weights.items():
             granularity = "per-tensor" if spec.axis is None else f"per-channel axis {spec.axis}"
             self._emit_constant(graph, graph.initializers[name], self.weight_qparams[name],

@@ -1,10 +1,5 @@
 """EfficientNet-Lite0 on the real ImageNet sample (skipped when ../shared/data is absent)."""
 
-import tempfile
-from pathlib import Path
-
-import onnx
-import onnxruntime as ort
 import pytest
 from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS
 
@@ -12,16 +7,7 @@ from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.data import ImageFolder
 from onnxq.model_io import load_model
-from onnxq.runtime import session_options
-from onnxq.validate import compare
-
-
-def optimized_ops(path: Path) -> list[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        options = session_options(1)
-        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+from onnxq.validate import compare, optimized_op_types
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def test_w8a8_agrees_with_fp32_and_every_conv_runs_int8(results):
     path, result = results[True]
     assert result.top1_agreement >= 0.97
     assert result.top1_quantized >= result.top1_fp32 - 0.03
-    ops = optimized_ops(path)
+    ops = optimized_op_types(path)
     assert ops.count("QLinearConv") == 49 and ops.count("Conv") == 0
 
 
