@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
 from onnxq.config import QuantConfig
 from onnxq.data import Limited
@@ -32,17 +33,20 @@ def check_output_path(model_path: Path, output_path: Path) -> None:
 
 def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | None,
              calibration: Iterable[Mapping[str, np.ndarray]],
-             config: QuantConfig | None = None, quiet: bool = False) -> QuantReport:
+             config: QuantConfig | None = None, quiet: bool = False,
+             model: ir.Model | None = None) -> QuantReport:
     """Quantize the model at ``model_path`` and write the QDQ model to ``output_path``.
 
     ``calibration`` is any iterable of feed dicts ``{input_name: array}`` (each with a
     batch dim), e.g. :class:`onnxq.data.ImageFolder`; at most ``config.samples`` are used.
+    ``model`` is the model at ``model_path`` when the caller has already loaded it.
     """
     config = config or QuantConfig()
     model_path = Path(model_path)
     output_path = Path(output_path) if output_path else default_output(model_path, config)
     check_output_path(model_path, output_path)
-    model = load_model(model_path)
+    if model is None:
+        model = load_model(model_path)
     total = len(calibration) if hasattr(calibration, "__len__") else config.samples
     if config.samples is not None and total is not None:
         total = min(total, config.samples)

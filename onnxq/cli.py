@@ -15,13 +15,22 @@ from onnxq.errors import OnnxqError
 from onnxq.observers import OBSERVERS
 
 
+def _echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def _one_line_errors(func):
-    """Report OnnxqError (and anything unexpected) as one line with a non-zero exit."""
+    """Report OnnxqError (and anything unexpected) as one line with a non-zero exit.
+
+    Python warnings are printed as one ``warning:`` line too.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _echo_warning
+                return func(*args, **kwargs)
         except OnnxqError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -111,6 +120,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
              observer, weight_observer, samples, seed, exclude, bias_correction,
              quantize_fragile, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
+    from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
     from onnxq.model_io import load_model
     from onnxq.sources import open_source
@@ -127,16 +137,11 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
     if calib is None:
         raise OnnxqError("missing calibration data: pass --calib FOLDER|FILE.npz "
                          "(or --calib random to calibrate on random data)")
-    if calib == "random":
-        click.echo("warning: calibrating on random data: activation ranges will not match "
-                   "real inputs", err=True)
-        warnings.simplefilter("ignore", UserWarning)
-    source = open_source(calib, load_model(model), _make_image_options(
+    loaded = load_model(model)
+    source = open_source(calib, loaded, _make_image_options(
         size, resize, mean, std, bgr, layout), samples, seed)
-    report = quantize_file(model, output, source, config, quiet=quiet)
-    from onnxq.api import default_output
-
-    out = output or default_output(Path(model), config)
+    out = Path(output) if output else default_output(Path(model), config)
+    report = quantize_file(model, out, source, config, quiet=quiet, model=loaded)
     click.echo(f"wrote {out}: {report.quantized_weights} weights and "
                f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s")
     if report.float_nodes and not quiet:
