@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxq.models.efficientnet_lite0 import export
+from onnxq.models.efficientnet_lite import export
 
 from onnxq.demo import find_imagenet_sample
 

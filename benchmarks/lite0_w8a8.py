@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 import numpy as np
-from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS, export
+from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
@@ -25,7 +25,7 @@ from onnxq.model_io import load_model
 from onnxq.validate import compare, latency_ms, optimized_op_types
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ort_baseline import ort_quantize_static  # noqa: E402
+from ort_baseline import ort_quantize_static
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 

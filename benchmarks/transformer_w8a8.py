@@ -21,7 +21,7 @@ from onnxq.model_io import load_model
 from onnxq.validate import compare
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ort_baseline import ort_quantize_static  # noqa: E402
+from ort_baseline import ort_quantize_static
 
 
 def main() -> None:

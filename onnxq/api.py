@@ -13,7 +13,7 @@ from onnxq.config import QuantConfig
 from onnxq.data import Limited
 from onnxq.errors import OnnxqError
 from onnxq.model_io import load_model, save_model
-from onnxq.pipeline import QuantReport, quantize_model
+from onnxq.pipeline import QuantReport, check_reiterable, quantize_model
 from onnxq.progress import Progress
 
 
@@ -45,6 +45,7 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
     model_path = Path(model_path)
     output_path = Path(output_path) if output_path else default_output(model_path, config)
     check_output_path(model_path, output_path)
+    check_reiterable(calibration, config)
     if model is None:
         model = load_model(model_path)
     total = len(calibration) if hasattr(calibration, "__len__") else config.samples

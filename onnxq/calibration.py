@@ -54,33 +54,46 @@ def _session_with_outputs(model: ir.Model, names: Sequence[str], device: str):
             model.graph.outputs.pop()
 
 
-def calibrate(model: ir.Model, plan: QuantPlan, data: Iterable[Feed], *, device: str = "cpu",
-              batch_size: int = 8, progress: Progress | None = None, total: int | None = None,
-              channel_means: Sequence[str] = ()
-              ) -> tuple[dict[str, MinMaxObserver], dict[str, ChannelMeanObserver]]:
-    """Run ``data`` through ``model`` once.
-
-    Returns one fed range observer per qparam group of ``plan`` and a per-channel
-    mean observer for each tensor in ``channel_means``.
-    """
-    progress = progress or Progress(quiet=True)
-    groups = plan.groups()
-    observers = {root: make_observer(plan.activations[root].observer) for root in groups}
-    means = {name: ChannelMeanObserver() for name in channel_means}
-    names = list(dict.fromkeys([n for members in groups.values() for n in members] + list(means)))
+def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], *,
+                   device: str = "cpu", batch_size: int = 8, progress: Progress | None = None,
+                   total: int | None = None, stage: str = "calibrate"
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``data`` through ``model`` batch by batch, yielding the tensors ``names`` of each."""
     if not names:
-        return observers, means
+        raise ValueError("stream_outputs needs at least one tensor name")
+    progress = progress or Progress(quiet=True)
     session = _session_with_outputs(model, names, device)
     inputs = model_inputs(model)
     count = 0
-    for feed in progress(batches(data, inputs, batch_size), "calibrate",
+    for feed in progress(batches(data, inputs, batch_size), stage,
                          total=None if total is None else -(-total // max(batch_size, 1))):
-        for name, array in zip(names, session.run(names, feed), strict=True):
-            if name in plan.activations:
-                observers[plan.group(name)].update(array)
-            if name in means:
-                means[name].update(array)
+        yield dict(zip(names, session.run(list(names), feed), strict=True))
         count += 1
     if count == 0:
         raise OnnxqError("calibration data is empty; pass --calib with at least one sample")
-    return observers, means
+
+
+def channel_means(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs
+                  ) -> dict[str, np.ndarray]:
+    """Per-channel (axis 1) means of the tensors ``names`` over ``data`` (streamed)."""
+    means = {name: ChannelMeanObserver() for name in names}
+    for outputs in stream_outputs(model, names, data, **kwargs):
+        for name, array in outputs.items():
+            means[name].update(array)
+    return {name: m.mean for name, m in means.items()}
+
+
+def calibrate(model: ir.Model, plan: QuantPlan, data: Iterable[Feed], *, device: str = "cpu",
+              batch_size: int = 8, progress: Progress | None = None, total: int | None = None
+              ) -> dict[str, MinMaxObserver]:
+    """Run ``data`` through ``model`` once; return one fed range observer per qparam group."""
+    groups = plan.groups()
+    observers = {root: make_observer(plan.activations[root].observer) for root in groups}
+    names = [n for members in groups.values() for n in members]
+    if not names:
+        return observers
+    for outputs in stream_outputs(model, names, data, device=device, batch_size=batch_size,
+                                  progress=progress, total=total):
+        for name, array in outputs.items():
+            observers[plan.group(name)].update(array)
+    return observers

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import click
 
-from onnxq.config import ACTIVATION_TYPES, WEIGHT_OBSERVERS, WEIGHT_TYPES, QuantConfig
+from onnxq.config import (
+    ACTIVATION_TYPES,
+    BIAS_CORRECTION,
+    EQUALIZE,
+    PRESETS,
+    WEIGHT_OBSERVERS,
+    WEIGHT_TYPES,
+    QuantConfig,
+)
 from onnxq.errors import OnnxqError
 from onnxq.observers import OBSERVERS
 
@@ -110,25 +118,40 @@ def main() -> None:
               help="Calibration samples (chosen deterministically with --seed).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--exclude", multiple=True, help="Glob on node name or op type to keep in float.")
-@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+              help="fast: fusion + min-max; default: fusion + bias correction + refined ranges.")
+@click.option("--fuse/--no-fuse", default=None, help="BatchNorm/Pad/MatMul+Add fusion "
+              "(preset: on).")
+@click.option("--equalize", type=click.Choice(EQUALIZE), default=None,
+              help="Cross-layer equalization: exact (Relu/linear links only) or relu (ReLU6 "
+                   "becomes Relu: changes FP32). Preset: none.")
+@click.option("--bias-correction", type=click.Choice(BIAS_CORRECTION), default=None,
+              help="empirical (on the quantized network), analytic (BatchNorm statistics, "
+                   "data-free) or none. Preset: empirical (fast: none).")
+@click.option("--refine-ranges/--no-refine-ranges", default=None,
+              help="Activation ranges that minimize the consumers' output error "
+                   "(preset: on; fast: off).")
 @click.option("--quantize-fragile", is_flag=True,
               help="Also quantize LayerNorm/GELU/softmax chains (kept float by default).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars or notes.")
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
-             observer, weight_observer, samples, seed, exclude, bias_correction,
-             quantize_fragile, device, quiet) -> None:
+             observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
+             bias_correction, refine_ranges, quantize_fragile, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
     from onnxq.model_io import load_model
     from onnxq.sources import open_source
 
-    config = QuantConfig(weights=weights, activations=activations, observer=observer,
-                         weight_observer=weight_observer, samples=samples, seed=seed,
-                         exclude=tuple(exclude), keep_fragile_float=not quantize_fragile,
-                         bias_correction=bias_correction, device=device)
+    passes = {"fuse": fuse, "equalize": equalize, "bias_correction": bias_correction,
+              "refine_ranges": refine_ranges}
+    config = QuantConfig.from_preset(
+        preset, weights=weights, activations=activations, observer=observer,
+        weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
+        keep_fragile_float=not quantize_fragile, device=device,
+        **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.demo import run_default
 

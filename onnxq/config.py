@@ -11,6 +11,14 @@ from onnxq.observers import OBSERVERS
 WEIGHT_TYPES = ("int8", "int4")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_OBSERVERS = ("minmax", "mse")
+EQUALIZE = ("none", "exact", "relu")
+BIAS_CORRECTION = ("empirical", "analytic", "none")
+PRESETS: dict[str, dict[str, object]] = {
+    "fast": {"fuse": True, "equalize": "none", "bias_correction": "none",
+             "refine_ranges": False},
+    "default": {"fuse": True, "equalize": "none", "bias_correction": "empirical",
+                "refine_ranges": True},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +33,10 @@ class QuantConfig:
     seed: int = 0
     exclude: tuple[str, ...] = ()
     keep_fragile_float: bool = True
-    bias_correction: bool = True
+    fuse: bool = True
+    equalize: str = "none"
+    bias_correction: str = "empirical"
+    refine_ranges: bool = True
     device: str = "cpu"
     batch_size: int = 8
 
@@ -34,12 +45,21 @@ class QuantConfig:
                   ("activations", self.activations, ACTIVATION_TYPES),
                   ("observer", self.observer, OBSERVERS),
                   ("weight_observer", self.weight_observer, WEIGHT_OBSERVERS),
-                  ("device", self.device, ("cpu", "cuda"))]
+                  ("device", self.device, ("cpu", "cuda")),
+                  ("equalize", self.equalize, EQUALIZE),
+                  ("bias_correction", self.bias_correction, BIAS_CORRECTION)]
         for field, value, allowed in checks:
             if value not in allowed:
                 raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
         if self.samples is not None and self.samples < 1:
             raise OnnxqError(f"--samples must be at least 1 (got {self.samples})")
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides) -> QuantConfig:
+        """The config of a named pipeline preset, with ``overrides`` on top."""
+        if preset not in PRESETS:
+            raise OnnxqError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
 
     @property
     def activation_symmetric(self) -> bool:

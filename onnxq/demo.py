@@ -37,7 +37,7 @@ def packaged_images() -> Path:
 
 def run_default(workdir: Path, config: QuantConfig, quiet: bool) -> None:
     """Export Lite0, quantize it, and print FP32-vs-quantized agreement, SQNR, size, latency."""
-    from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS, export
+    from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
     progress = Progress(quiet)
     workdir.mkdir(parents=True, exist_ok=True)

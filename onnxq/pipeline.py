@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterable
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import (
     LiftConstantsToInitializersPass,
@@ -16,20 +17,28 @@ from onnx_ir.passes.common import (
 )
 
 from onnxq.annotate import annotate
-from onnxq.calibration import calibrate
+from onnxq.calibration import calibrate, channel_means, stream_outputs
 from onnxq.config import QuantConfig
-from onnxq.data import Feed
+from onnxq.data import Feed, Limited
 from onnxq.errors import OnnxqError
 from onnxq.passes import (
-    BiasCorrectionPass,
+    AnalyticBiasCorrectionPass,
+    CrossLayerEqualizationPass,
     EmitQDQPass,
+    EmpiricalBiasCorrectionPass,
     FoldConstantsPass,
+    FuseBatchNormPass,
+    FuseMatMulAddPass,
     FusePadIntoConvPass,
     OpsetUpgradePass,
+    RefineActivationRangesPass,
     TolerantShapeInferencePass,
 )
+from onnxq.passes.emit_qdq import dequantized_name
 from onnxq.progress import Progress
 from onnxq.qparams import resolve_activations, resolve_weights
+from onnxq.simulate import quantized_copy
+from onnxq.spec import QuantPlan
 
 VERSION = "0.1.0"
 
@@ -50,47 +59,88 @@ class QuantReport:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
 
-def prepare_passes() -> list[ir.passes.PassBase]:
-    """Clean-up passes run before annotation (all exact in FP32)."""
-    return [
+def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
+    """FP32 passes run before annotation: clean-up, fusion, equalization."""
+    passes: list[ir.passes.PassBase] = [
         LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         FoldConstantsPass(),
-        FusePadIntoConvPass(),
-        RemoveUnusedNodesPass(),
-        TolerantShapeInferencePass(),
-        NameFixPass(),
-        TopologicalSortPass(),
     ]
+    if config.fuse:
+        passes += [FuseBatchNormPass(), FuseMatMulAddPass(), FusePadIntoConvPass()]
+    if config.equalize != "none":
+        passes.append(CrossLayerEqualizationPass(
+            clip_policy="relu" if config.equalize == "relu" else "skip"))
+    return passes + [RemoveUnusedNodesPass(), TolerantShapeInferencePass(), NameFixPass(),
+                     TopologicalSortPass()]
 
 
 def prepare(model: ir.Model, config: QuantConfig) -> list[str]:
-    """Run the clean-up passes (and any needed opset upgrade) in place; return their names."""
-    passes = prepare_passes()
+    """Run the FP32 passes (and any needed opset upgrade) in place; return their names."""
+    passes = prepare_passes(config)
     if model.opset_imports.get("", 1) < config.required_opset:
         passes.insert(0, OpsetUpgradePass(config.required_opset))
     ir.passes.PassManager(passes)(model)
     return [type(p).__name__ for p in passes]
 
 
+REFINE_SAMPLES = 8
+"""Calibration samples whose activations range refinement holds in memory (a fixed number)."""
+
+
+def _activation_samples(model: ir.Model, plan: QuantPlan, names: list[str],
+                        data: Iterable[Feed], config: QuantConfig) -> dict[str, np.ndarray]:
+    """The activations ``names`` for the first REFINE_SAMPLES calibration samples."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for outputs in stream_outputs(model, names, Limited(data, REFINE_SAMPLES),
+                                  device=config.device, batch_size=config.batch_size):
+        for name, array in outputs.items():
+            parts[name].append(array)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
+    """Refuse a one-shot iterator when the configured passes read the data more than once."""
+    multi_pass = config.refine_ranges or config.bias_correction == "empirical"
+    if multi_pass and iter(data) is data:
+        raise OnnxqError("calibration data is a one-shot iterator, but range refinement and "
+                         "bias correction read it more than once: pass a list or an onnxq.data "
+                         "source (or use --preset fast)")
+
+
 def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
                    progress: Progress | None = None, total: int | None = None) -> QuantReport:
     """Quantize ``model`` in place with calibration ``data``; return the run's report."""
     progress = progress or Progress(quiet=True)
+    check_reiterable(data, config)
     start = time.perf_counter()
     pass_names = prepare(model, config)
     plan = annotate(model, config)
     if not plan.weights and not plan.activations:
         raise OnnxqError("nothing to quantize: the model has no Conv/Gemm/MatMul/Add with float "
                          "inputs (or --exclude matched them all)")
-    means_wanted = [b.activation for b in plan.biases.values()] if config.bias_correction else []
-    observers, means = calibrate(model, plan, data, device=config.device,
-                                 batch_size=config.batch_size, progress=progress, total=total,
-                                 channel_means=means_wanted)
+    stream = {"device": config.device, "batch_size": config.batch_size, "progress": progress,
+              "total": total}
+    observers = calibrate(model, plan, data, **stream)
     qparams = resolve_activations(plan, observers)
     weight_params = resolve_weights(model, plan)
-    if config.bias_correction:
-        BiasCorrectionPass(plan, {name: m.mean for name, m in means.items()}, weight_params)(model)
-        pass_names.append("BiasCorrectionPass")
+    if config.refine_ranges:
+        samples = _activation_samples(model, plan, sorted(qparams), data, config)
+        RefineActivationRangesPass(plan, qparams, samples)(model)
+        pass_names.append("RefineActivationRangesPass")
+    if config.bias_correction == "empirical":
+        inputs = sorted({bias.activation for bias in plan.biases.values()} & set(qparams))
+
+        def measure(current: ir.Model) -> dict[str, np.ndarray]:
+            means = channel_means(quantized_copy(current, config, qparams, weight_params),
+                                  [dequantized_name(name) for name in inputs], data,
+                                  stage="bias correction", **stream)
+            return {name: means[dequantized_name(name)] for name in inputs}
+
+        EmpiricalBiasCorrectionPass(plan, weight_params, measure)(model)
+        pass_names.append("EmpiricalBiasCorrectionPass")
+    elif config.bias_correction == "analytic":
+        AnalyticBiasCorrectionPass(plan, weight_params)(model)
+        pass_names.append("AnalyticBiasCorrectionPass")
     EmitQDQPass(plan, qparams, weight_params)(model)
     pass_names.append("EmitQDQPass")
     report = QuantReport(

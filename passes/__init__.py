@@ -1,17 +1,26 @@
 """onnxq's graph passes, each an onnx_ir pass in its own module."""
 
-from onnxq.passes.bias_correction import BiasCorrectionPass
+from onnxq.passes.bias_correction import AnalyticBiasCorrectionPass, EmpiricalBiasCorrectionPass
+from onnxq.passes.cross_layer_equalization import CrossLayerEqualizationPass
 from onnxq.passes.emit_qdq import EmitQDQPass
 from onnxq.passes.fold_constants import FoldConstantsPass
+from onnxq.passes.fuse_batchnorm import FuseBatchNormPass
+from onnxq.passes.fuse_matmul_add import FuseMatMulAddPass
 from onnxq.passes.fuse_pad_into_conv import FusePadIntoConvPass
 from onnxq.passes.opset_upgrade import OpsetUpgradePass
+from onnxq.passes.refine_ranges import RefineActivationRangesPass
 from onnxq.passes.tolerant_shape_inference import TolerantShapeInferencePass
 
 __all__ = [
-    "BiasCorrectionPass",
+    "AnalyticBiasCorrectionPass",
+    "CrossLayerEqualizationPass",
     "EmitQDQPass",
+    "EmpiricalBiasCorrectionPass",
     "FoldConstantsPass",
+    "FuseBatchNormPass",
+    "FuseMatMulAddPass",
     "FusePadIntoConvPass",
     "OpsetUpgradePass",
+    "RefineActivationRangesPass",
     "TolerantShapeInferencePass",
 ]

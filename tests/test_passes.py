@@ -126,7 +126,7 @@ def test_shape_inference_tolerates_unknown_ops_and_dynamic_dims():
 
 def test_prepare_is_exact_on_lite0(lite0, imagenet_sample):
     """Fold/fuse passes leave EfficientNet-Lite0's outputs unchanged on real images."""
-    from onnxq.models.efficientnet_lite0 import INPUT_NAME, PREPROCESS
+    from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
 
     from onnxq.data import ImageFolder
 

@@ -8,11 +8,11 @@ import onnx_ir as ir
 import pytest
 from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
-from onnxq.passes import BiasCorrectionPass
+from onnxq.passes import EmpiricalBiasCorrectionPass
 
 from onnxq.annotate import annotate
 from onnxq.api import quantize
-from onnxq.calibration import calibrate
+from onnxq.calibration import channel_means
 from onnxq.config import QuantConfig
 from onnxq.model_io import load_model
 from onnxq.pipeline import prepare
@@ -86,17 +86,16 @@ def test_bias_correction_reduces_layer_output_error(small_cnn):
     config = QuantConfig(weights="int4")
     model, plan = planned(small_cnn, config)
     names = [b.activation for b in plan.biases.values()]
-    _, means = calibrate(model, plan, image_feeds(16), channel_means=names)
+    means = channel_means(model, names, image_feeds(16))
     conv = by_op(model, "Conv")[2]  # the 1x1 projection
-    x = np.stack([np.random.default_rng(i).standard_normal(16) + means[conv.inputs[0].name].mean
+    x = np.stack([np.random.default_rng(i).standard_normal(16) + means[conv.inputs[0].name]
                   for i in range(256)])
     w = conv.inputs[1].const_value.numpy()[:, :, 0, 0]
     params = weight_qparams(conv.inputs[1].const_value.numpy(), "int4", 0, "minmax")
     wq = (params.scale.reshape(-1, 1) * np.round(w / params.scale.reshape(-1, 1))).clip(
         -8 * params.scale.reshape(-1, 1), 7 * params.scale.reshape(-1, 1))
     bias_before = conv.inputs[2].const_value.numpy().copy()
-    BiasCorrectionPass(plan, {k: m.mean for k, m in means.items()},
-                       resolve_weights(model, plan))(model)
+    EmpiricalBiasCorrectionPass(plan, resolve_weights(model, plan), lambda _: means)(model)
     bias_after = conv.inputs[2].const_value.numpy()
     reference = x @ w.T + bias_before
     err_before = np.mean((x @ wq.T + bias_before - reference).mean(0) ** 2)
@@ -106,7 +105,7 @@ def test_bias_correction_reduces_layer_output_error(small_cnn):
 
 def test_bias_correction_improves_int4_output(small_cnn, tmp_path):
     errors = []
-    for correction in (False, True):
+    for correction in ("none", "empirical"):
         out = tmp_path / f"bc{correction}.onnx"
         quantize(small_cnn, out, image_feeds(32), QuantConfig(weights="int4",
                                                            bias_correction=correction), quiet=True)
