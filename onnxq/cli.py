@@ -15,6 +15,7 @@ from onnxq.config import (
     BIAS_CORRECTION,
     EQUALIZE,
     PRESETS,
+    ROUNDING,
     WEIGHT_OBSERVERS,
     WEIGHT_TYPES,
     QuantConfig,
@@ -131,6 +132,11 @@ def main() -> None:
 @click.option("--refine-ranges/--no-refine-ranges", default=None,
               help="Activation ranges that minimize the consumers' output error "
                    "(preset: on; fast: off).")
+@click.option("--rounding", type=click.Choice(ROUNDING), default="nearest", show_default=True,
+              help="Weight rounding: nearest, or learned by reconstruction per layer (adaround), "
+                   "per block (brecq) or per block with QDrop (qdrop).")
+@click.option("--iters", type=int, default=100, show_default=True,
+              help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
 @click.option("--quantize-fragile", is_flag=True,
               help="Also quantize LayerNorm/GELU/softmax chains (kept float by default).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -138,7 +144,8 @@ def main() -> None:
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
              observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
-             bias_correction, refine_ranges, quantize_fragile, device, quiet) -> None:
+             bias_correction, refine_ranges, rounding, iters, quantize_fragile, device,
+             quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -150,7 +157,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
     config = QuantConfig.from_preset(
         preset, weights=weights, activations=activations, observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
-        keep_fragile_float=not quantize_fragile, device=device,
+        keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.demo import run_default

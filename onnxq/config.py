@@ -13,6 +13,7 @@ ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_OBSERVERS = ("minmax", "mse")
 EQUALIZE = ("none", "exact", "relu")
 BIAS_CORRECTION = ("empirical", "analytic", "none")
+ROUNDING = ("nearest", "adaround", "brecq", "qdrop")
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {"fuse": True, "equalize": "none", "bias_correction": "none",
              "refine_ranges": False},
@@ -37,6 +38,8 @@ class QuantConfig:
     equalize: str = "none"
     bias_correction: str = "empirical"
     refine_ranges: bool = True
+    rounding: str = "nearest"
+    iters: int = 100
     device: str = "cpu"
     batch_size: int = 8
 
@@ -47,10 +50,13 @@ class QuantConfig:
                   ("weight_observer", self.weight_observer, WEIGHT_OBSERVERS),
                   ("device", self.device, ("cpu", "cuda")),
                   ("equalize", self.equalize, EQUALIZE),
-                  ("bias_correction", self.bias_correction, BIAS_CORRECTION)]
+                  ("bias_correction", self.bias_correction, BIAS_CORRECTION),
+                  ("rounding", self.rounding, ROUNDING)]
         for field, value, allowed in checks:
             if value not in allowed:
                 raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
+        if self.iters < 1:
+            raise OnnxqError(f"--iters must be at least 1 (got {self.iters})")
         if self.samples is not None and self.samples < 1:
             raise OnnxqError(f"--samples must be at least 1 (got {self.samples})")
 

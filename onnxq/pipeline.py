@@ -30,6 +30,8 @@ from onnxq.passes import (
     FuseBatchNormPass,
     FuseMatMulAddPass,
     FusePadIntoConvPass,
+    LearnedRoundingPass,
+    LocalizeShapePass,
     OpsetUpgradePass,
     RefineActivationRangesPass,
     TolerantShapeInferencePass,
@@ -37,6 +39,7 @@ from onnxq.passes import (
 from onnxq.passes.emit_qdq import dequantized_name
 from onnxq.progress import Progress
 from onnxq.qparams import resolve_activations, resolve_weights
+from onnxq.reconstruction import RoundingConfig
 from onnxq.simulate import quantized_copy
 from onnxq.spec import QuantPlan
 
@@ -53,6 +56,7 @@ class QuantReport:
     float_nodes: dict[str, str]
     calibration_samples: int | None
     seconds: float
+    reconstruction: list[dict] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> str:
         """The report as JSON (also stored in the model's metadata)."""
@@ -62,7 +66,7 @@ class QuantReport:
 def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
     """FP32 passes run before annotation: clean-up, fusion, equalization."""
     passes: list[ir.passes.PassBase] = [
-        LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         FoldConstantsPass(),
     ]
     if config.fuse:
@@ -70,8 +74,8 @@ def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
     if config.equalize != "none":
         passes.append(CrossLayerEqualizationPass(
             clip_policy="relu" if config.equalize == "relu" else "skip"))
-    return passes + [RemoveUnusedNodesPass(), TolerantShapeInferencePass(), NameFixPass(),
-                     TopologicalSortPass()]
+    return passes + [RemoveUnusedNodesPass(), TolerantShapeInferencePass(), LocalizeShapePass(),
+                     NameFixPass(), TopologicalSortPass()]
 
 
 def prepare(model: ir.Model, config: QuantConfig) -> list[str]:
@@ -100,7 +104,8 @@ def _activation_samples(model: ir.Model, plan: QuantPlan, names: list[str],
 
 def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
     """Refuse a one-shot iterator when the configured passes read the data more than once."""
-    multi_pass = config.refine_ranges or config.bias_correction == "empirical"
+    multi_pass = (config.refine_ranges or config.bias_correction == "empirical"
+                  or config.rounding != "nearest")
     if multi_pass and iter(data) is data:
         raise OnnxqError("calibration data is a one-shot iterator, but range refinement and "
                          "bias correction read it more than once: pass a list or an onnxq.data "
@@ -127,7 +132,17 @@ def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
         samples = _activation_samples(model, plan, sorted(qparams), data, config)
         RefineActivationRangesPass(plan, qparams, samples)(model)
         pass_names.append("RefineActivationRangesPass")
-    if config.bias_correction == "empirical":
+    reconstruction = []
+    bias_correction = config.bias_correction
+    if config.rounding != "nearest":
+        rounding = LearnedRoundingPass(plan, qparams, weight_params, data, RoundingConfig(
+            method=config.rounding, iters=config.iters, seed=config.seed, device=config.device),
+            progress)
+        rounding(model)
+        pass_names.append("LearnedRoundingPass")
+        reconstruction = [dataclasses.asdict(r) for r in rounding.reports]
+        bias_correction = "none"  # the learned biases already match the block outputs
+    if bias_correction == "empirical":
         inputs = sorted({bias.activation for bias in plan.biases.values()} & set(qparams))
 
         def measure(current: ir.Model) -> dict[str, np.ndarray]:
@@ -138,7 +153,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
 
         EmpiricalBiasCorrectionPass(plan, weight_params, measure)(model)
         pass_names.append("EmpiricalBiasCorrectionPass")
-    elif config.bias_correction == "analytic":
+    elif bias_correction == "analytic":
         AnalyticBiasCorrectionPass(plan, weight_params)(model)
         pass_names.append("AnalyticBiasCorrectionPass")
     EmitQDQPass(plan, qparams, weight_params)(model)
@@ -150,6 +165,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
         float_nodes=dict(sorted(plan.float_nodes.items())),
         calibration_samples=total,
         seconds=round(time.perf_counter() - start, 2),
+        reconstruction=reconstruction,
     )
     model.metadata_props["onnxq.version"] = VERSION
     model.metadata_props["onnxq.config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)

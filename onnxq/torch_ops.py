@@ -80,11 +80,9 @@ def _gemm(node: ir.Node, xs: list) -> list:
 
 def _clip(node: ir.Node, xs: list) -> list:
     x, low, high = (xs + [None, None])[:3]
-    if low is not None:
-        x = torch.maximum(x, low.to(x.dtype))
-    if high is not None:
-        x = torch.minimum(x, high.to(x.dtype))
-    return [x]
+    low = None if low is None else float(low.reshape(-1)[0])
+    high = None if high is None else float(high.reshape(-1)[0])
+    return [torch.clamp(x, low, high)]
 
 
 def _pool(node: ir.Node, xs: list) -> list:
@@ -169,6 +167,40 @@ def _reduce_mean(node: ir.Node, xs: list) -> list:
             if axes else xs[0].mean()]
 
 
+def _gather(node: ir.Node, xs: list) -> list:
+    data, index = xs[0], xs[1].long()
+    axis = node.attributes.get_int("axis", 0) % data.dim()
+    index = torch.where(index < 0, index + data.shape[axis], index)
+    picked = data.index_select(axis, index.reshape(-1))
+    return [picked.reshape(data.shape[:axis] + index.shape + data.shape[axis + 1:])]
+
+
+def _shape(node: ir.Node, xs: list) -> list:
+    dims = list(xs[0].shape)
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", len(dims))
+    return [torch.tensor(dims[start:end], dtype=torch.int64)]
+
+
+_TORCH_DTYPES = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,
+                 ir.DataType.DOUBLE: torch.float64, ir.DataType.INT64: torch.int64,
+                 ir.DataType.INT32: torch.int32, ir.DataType.BOOL: torch.bool}
+
+
+def _cast(node: ir.Node, xs: list) -> list:
+    target = ir.DataType(node.attributes.get_int("to"))
+    if target not in _TORCH_DTYPES:
+        raise Unsupported(f"Cast to {target}")
+    return [xs[0].to(_TORCH_DTYPES[target])]
+
+
+def _constant(node: ir.Node, xs: list) -> list:
+    if "value" not in node.attributes:
+        raise Unsupported("Constant without a tensor value")
+    tensor = node.attributes["value"].as_tensor()
+    return [torch.from_numpy(np.array(tensor.numpy(), copy=True))]
+
+
 def _unary(fn: Callable[[Tensor], Tensor]) -> OpFn:
     return lambda node, xs: [fn(xs[0])]
 
@@ -215,6 +247,10 @@ OPS: dict[str, OpFn] = {
     "Softmax": lambda node, xs: [torch.softmax(xs[0], dim=node.attributes.get_int("axis", -1))],
     "LayerNormalization": _layer_norm,
     "ReduceMean": _reduce_mean,
+    "Gather": _gather,
+    "Shape": _shape,
+    "Cast": _cast,
+    "Constant": _constant,
 }
 
 

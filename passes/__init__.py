@@ -7,6 +7,8 @@ from onnxq.passes.fold_constants import FoldConstantsPass
 from onnxq.passes.fuse_batchnorm import FuseBatchNormPass
 from onnxq.passes.fuse_matmul_add import FuseMatMulAddPass
 from onnxq.passes.fuse_pad_into_conv import FusePadIntoConvPass
+from onnxq.passes.learned_rounding import LearnedRoundingPass
+from onnxq.passes.localize_shape import LocalizeShapePass
 from onnxq.passes.opset_upgrade import OpsetUpgradePass
 from onnxq.passes.refine_ranges import RefineActivationRangesPass
 from onnxq.passes.tolerant_shape_inference import TolerantShapeInferencePass
@@ -20,6 +22,8 @@ __all__ = [
     "FuseBatchNormPass",
     "FuseMatMulAddPass",
     "FusePadIntoConvPass",
+    "LearnedRoundingPass",
+    "LocalizeShapePass",
     "OpsetUpgradePass",
     "RefineActivationRangesPass",
     "TolerantShapeInferencePass",

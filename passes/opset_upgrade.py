@@ -14,7 +14,8 @@ class OpsetUpgradePass(ir.passes.InPlacePass):
     """Convert the model to at least ``target`` (per-channel Q/DQ >= 13, int4/16-bit >= 21).
 
     Changes: the default-domain opset import and the node forms that differ
-    between versions.  Never downgrades.
+    between versions; intermediate shapes are cleared for re-inference (the
+    converter's fallback renames symbolic dims such as ``batch``).  Never downgrades.
     """
 
     def __init__(self, target: int):
@@ -27,6 +28,11 @@ class OpsetUpgradePass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, False)
         version_converter.convert_version(model, self.target, fallback=True)
         model.opset_imports[""] = self.target
+        outputs = set(model.graph.outputs)
+        for node in model.graph:
+            for value in node.outputs:
+                if value not in outputs:
+                    value.shape = None
         logger.info("upgraded opset %d -> %d", current, self.target)
         return ir.passes.PassResult(model, True)
 

@@ -1,5 +1,6 @@
 """CLI paths, including every bad-input case: one line, exit code != 0, nothing written."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
 
 from onnxq.cli import main
+from onnxq.model_io import load_model
 
 
 def invoke(*args):
@@ -194,3 +196,18 @@ def test_op_without_quantized_kernel_is_quantized_around_and_reported(tmp_path, 
     summary = invoke("inspect", tmp_path / "s.q.onnx").output
     assert "no quantized kernel for Softplus: runs in float" in summary
     assert "quantized compute nodes: 2 of 2" in summary
+
+
+def test_learned_rounding_from_the_command_line(small_cnn, npz, tmp_path):
+    out = tmp_path / "brecq.onnx"
+    result = invoke("quantize", small_cnn, "--calib", npz, "--weights", "int4", "--rounding",
+                    "brecq", "--iters", 5, "--preset", "fast", "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(load_model(out).metadata_props["onnxq.report"])
+    assert "LearnedRoundingPass" in report["passes"] and report["reconstruction"]
+    assert json.loads(load_model(out).metadata_props["onnxq.config"])["rounding"] == "brecq"
+
+
+def test_bad_iteration_count(small_cnn, npz, tmp_path):
+    assert_one_line_error(invoke("quantize", small_cnn, "--calib", npz, "--rounding", "brecq",
+                                 "--iters", 0, "-o", tmp_path / "x.onnx"), "--iters")

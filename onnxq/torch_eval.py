@@ -1,0 +1,186 @@
+"""A block of the ONNX graph as a differentiable torch module, quantized as the QDQ model will be.
+
+Weights of planned layers get learnable rounding (AdaRound's rectified sigmoid); planned
+activations are fake-quantized at the uses that read them through Q/DQ (straight-through
+gradient), optionally dropped at random (QDrop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from onnxq.numerics import QTYPES
+from onnxq.qparams import QParams
+from onnxq.spec import QuantPlan
+from onnxq.subgraphs import Block
+from onnxq.torch_ops import OPS, Unsupported, run_node
+
+ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid
+
+
+def _per_axis(values: np.ndarray, ndim: int, axis: int | None) -> torch.Tensor:
+    tensor = torch.from_numpy(np.asarray(values, np.float32).reshape(-1))
+    if axis is None or tensor.numel() == 1:
+        return tensor.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return tensor.reshape(shape)
+
+
+class LearnedRoundingWeight(nn.Module):
+    """W_q = s * clamp(floor(W / s) + h(V), qmin, qmax); V starts at round-to-nearest."""
+
+    def __init__(self, weight: np.ndarray, params: QParams):
+        super().__init__()
+        grid = QTYPES[params.qtype]
+        self.qmin, self.qmax = grid.qmin, grid.qmax
+        self.register_buffer("scale", _per_axis(params.scale, weight.ndim, params.axis))
+        w = torch.from_numpy(np.array(weight, np.float32))
+        self.register_buffer("floor", torch.floor(w / self.scale))
+        rest = (w / self.scale - self.floor).clamp(0.01, 0.99)
+        self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+        self.soft = True
+
+    def h(self) -> torch.Tensor:
+        """The soft rounding offset in [0, 1]."""
+        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def integers(self) -> torch.Tensor:
+        """The hard-rounded integer weights."""
+        return torch.clamp(self.floor + (self.alpha >= 0).float(), self.qmin, self.qmax)
+
+    def forward(self) -> torch.Tensor:
+        offset = self.h() if self.soft else (self.alpha >= 0).float()
+        return torch.clamp(self.floor + offset, self.qmin, self.qmax) * self.scale
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        """AdaRound's term pushing every h(V) to 0 or 1."""
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+
+
+class ActivationQuant:
+    """Fake quantization of one activation use (torch's fused op: straight-through inside the
+    range, zero gradient where clipped)."""
+
+    def __init__(self, params: QParams):
+        grid = QTYPES[params.qtype]
+        self.qmin, self.qmax = grid.qmin, grid.qmax
+        self.scale = float(params.scale.reshape(-1)[0])
+        self.zero_point = int(params.zero_point.reshape(-1)[0])
+
+    def __call__(self, x: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+        q = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin,
+                                                  self.qmax)
+        if drop > 0:
+            return torch.where(torch.rand_like(x) < drop, x, q)
+        return q
+
+
+def unsupported_ops(block: Block) -> list[str]:
+    """Op types of ``block`` that the torch evaluator cannot run."""
+    return sorted({n.op_type for n in block.nodes
+                   if n.op_type not in OPS or n.domain not in ("", "ai.onnx")})
+
+
+class TorchBlock(nn.Module):
+    """Evaluate ``block`` in FP32 or quantized, with learnable weight rounding and biases."""
+
+    def __init__(self, block: Block, plan: QuantPlan, activation_qparams: dict[str, QParams],
+                 weight_qparams: dict[str, QParams], learn_bias: bool = True,
+                 device: str = "cpu"):
+        super().__init__()
+        missing = unsupported_ops(block)
+        if missing:
+            raise Unsupported(f"no torch implementation of {', '.join(missing)}")
+        self.block = block
+        self.rounding = nn.ModuleDict()
+        self.biases = nn.ParameterDict()
+        self.keys: dict[str, str] = {}
+        self.constants: dict[str, torch.Tensor] = {}
+        for node in block.nodes:
+            for value in node.inputs:
+                if value is not None and value.const_value is not None:
+                    self.constants[value.name] = torch.from_numpy(
+                        np.array(value.const_value.numpy(), copy=True)).to(device)
+        biases = {b.weight: name for name, b in plan.biases.items()}
+        self.bias_scales: dict[str, torch.Tensor] = {}
+        for name, bias in plan.biases.items():
+            if name in self.constants and bias.activation in activation_qparams:
+                scale = (float(activation_qparams[bias.activation].scale.reshape(-1)[0])
+                         * weight_qparams[bias.weight].scale.astype(np.float64).reshape(-1))
+                size = self.constants[name].numel()
+                if scale.size != size:  # grouped ConvTranspose: weight scales repeat per group
+                    scale = np.resize(scale, size)
+                self.bias_scales[name] = torch.from_numpy(scale.astype(np.float32)).to(device)
+        for node in block.layers:
+            weight = node.inputs[1]
+            key = f"w{len(self.keys)}"
+            self.keys[weight.name] = key
+            self.rounding[key] = LearnedRoundingWeight(weight.const_value.numpy(),
+                                                       weight_qparams[weight.name])
+            bias_name = biases.get(weight.name)
+            if learn_bias and bias_name in self.constants:
+                self.keys[bias_name] = f"b{len(self.keys)}"
+                self.biases[self.keys[bias_name]] = nn.Parameter(
+                    self.constants[bias_name].clone().float())
+        self.to(device)
+        self.quant: dict[tuple[int, int], ActivationQuant] = {}
+        for name, uses in plan.uses.items():
+            if name not in activation_qparams:
+                continue
+            for node, index in uses:
+                self.quant[(id(node), index)] = ActivationQuant(activation_qparams[name])
+
+    def set_soft(self, soft: bool) -> None:
+        """Soft (training) or hard (final) rounding for every weight."""
+        for module in self.rounding.values():
+            module.soft = soft
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        """Sum of the rounding regularizers of the block's weights."""
+        return sum(m.regularizer(beta) for m in self.rounding.values())
+
+    def _operand(self, value: ir.Value, env: dict, quantized: bool) -> torch.Tensor:
+        key = self.keys.get(value.name)
+        if quantized and key in self.rounding:
+            return self.rounding[key]()
+        if value.name in env:
+            return env[value.name]
+        bias = self.biases[key] if quantized and key in self.biases else self.constants[value.name]
+        scale = self.bias_scales.get(value.name) if quantized else None
+        if scale is not None:  # int32 bias, scale s_input * s_weight, as emission writes it
+            bias = bias + (torch.round(bias / scale) * scale - bias).detach()
+        return bias
+
+    def forward(self, inputs: dict[str, torch.Tensor], quantized: bool, drop: float = 0.0,
+                stop: str | None = None) -> dict[str, torch.Tensor]:
+        """Run the block; returns every tensor computed (stops early once ``stop`` exists)."""
+        env = dict(inputs)
+        for node in self.block.nodes:
+            operands = []
+            for index, value in enumerate(node.inputs):
+                if value is None:
+                    operands.append(None)
+                    continue
+                x = self._operand(value, env, quantized)
+                quant = self.quant.get((id(node), index)) if quantized else None
+                operands.append(quant(x, drop) if quant is not None else x)
+            for value, result in zip(node.outputs, run_node(node, operands), strict=False):
+                env[value.name] = result
+            if stop is not None and stop in env:
+                break
+        return env
+
+    def learned(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Hard-rounded weights (dequantized, exactly on the grid) and learned biases."""
+        weights, biases = {}, {}
+        for name, key in self.keys.items():
+            if key in self.rounding:
+                module = self.rounding[key]
+                weights[name] = (module.integers() * module.scale).detach().cpu().numpy()
+            else:
+                biases[name] = self.biases[key].detach().cpu().numpy()
+        return weights, biases

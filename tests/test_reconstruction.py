@@ -1,0 +1,151 @@
+"""Subgraph cutting, the torch evaluator on real blocks, learned rounding and its write-back."""
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from onnxq.models.synthetic import image_feeds
+from onnxq.passes import LearnedRoundingPass
+
+from onnxq.annotate import annotate
+from onnxq.api import quantize
+from onnxq.calibration import calibrate
+from onnxq.config import QuantConfig
+from onnxq.model_io import load_model
+from onnxq.numerics import sqnr_db
+from onnxq.pipeline import prepare
+from onnxq.qparams import resolve_activations, resolve_weights
+from onnxq.reconstruction import RoundingConfig
+from onnxq.simulate import quantized_copy
+from onnxq.subgraphs import cut_blocks
+from onnxq.torch_eval import TorchBlock
+from onnxq.validate import compare
+
+
+def ort_outputs(model: ir.Model, names: list[str], feed: dict) -> dict[str, np.ndarray]:
+    """Intermediate tensors from ORT with graph optimizations off (plain DQ -> float ops)."""
+    copy = ir.from_proto(ir.to_proto(model))
+    values = {v.name: v for node in copy.graph for v in node.outputs}
+    copy.graph.outputs.extend(values[n] for n in names if n not in
+                              {v.name for v in copy.graph.outputs})
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(ir.to_proto(copy).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def calibrated(path, config, feeds):
+    model = load_model(path)
+    prepare(model, config)
+    plan = annotate(model, config)
+    qparams = resolve_activations(plan, calibrate(model, plan, feeds))
+    return model, plan, qparams, resolve_weights(model, plan)
+
+
+def test_lite0_cuts_into_residual_blocks(lite0):
+    config = QuantConfig()
+    model = load_model(lite0)
+    prepare(model, config)
+    plan = annotate(model, config)
+    blocks = cut_blocks(model.graph, plan, min_layers=3)
+    assert sum(len(b.layers) for b in blocks) == len(plan.weights) == 50
+    assert all(len(b.inputs) == 1 for b in blocks)  # the flatten's batch size is read locally
+    residual = [b for b in blocks if any(n.op_type == "Add" for n in b.nodes)]
+    assert len(residual) == 9 and all(len(b.layers) == 3 for b in residual)
+    assert [len(b.layers) for b in cut_blocks(model.graph, plan)].count(1) > 20
+
+
+def test_lite0_block_matches_onnxruntime_fp32_and_quantized(lite0, imagenet_sample):
+    from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
+
+    from onnxq.data import ImageFolder
+
+    images = list(ImageFolder(imagenet_sample / "calib", INPUT_NAME, PREPROCESS, samples=8))
+    config = QuantConfig(weights="int4")
+    model, plan, qparams, weights = calibrated(lite0, config, images)
+    block = next(b for b in cut_blocks(model.graph, plan, 3)
+                 if any(n.op_type == "Add" for n in b.nodes))
+    feed = {INPUT_NAME: np.concatenate([f[INPUT_NAME] for f in images[:4]])}
+    module = TorchBlock(block, plan, qparams, weights, learn_bias=False)
+    module.set_soft(False)
+    (name_in,), (name_out,) = block.inputs, block.outputs
+    for quantized, network in ((False, model), (True, quantized_copy(model, config, qparams,
+                                                                      weights))):
+        expected = ort_outputs(network, [name_in, name_out], feed)
+        with torch.no_grad():
+            got = module({name_in: torch.from_numpy(expected[name_in])}, quantized)[name_out]
+        assert sqnr_db(expected[name_out], got.numpy()) > (80 if not quantized else 60)
+
+
+@pytest.mark.parametrize("method", ["adaround", "brecq", "qdrop"])
+def test_learned_rounding_beats_nearest_on_int4(small_cnn, tmp_path, method):
+    errors = {}
+    for rounding in ("nearest", method):
+        out = tmp_path / f"{rounding}.onnx"
+        config = QuantConfig.from_preset("fast", weights="int4", rounding=rounding, iters=60)
+        report = quantize(small_cnn, out, image_feeds(64), config, quiet=True)
+        result = compare(load_model(small_cnn), load_model(out), image_feeds(64, seed=1))
+        errors[rounding] = result.outputs[0].sqnr_db
+        onnx.checker.check_model(str(out), full_check=True)
+    assert errors[method] > errors["nearest"] + 1.0
+    assert report.reconstruction and all(r["loss_learned"] <= r["loss_nearest"]
+                                         for r in report.reconstruction if r["layers"])
+
+
+def test_write_back_puts_the_learned_integers_in_the_qdq_model(small_cnn):
+    config = QuantConfig.from_preset("fast", weights="int4", rounding="brecq", iters=30)
+    feeds = image_feeds(32)
+    model, plan, qparams, weights = calibrated(small_cnn, config, feeds)
+    rounding = LearnedRoundingPass(plan, qparams, weights, feeds,
+                                   RoundingConfig(method="brecq", iters=30))
+    assert rounding(model).modified
+    learned = {name: model.graph.initializers[name].const_value.numpy().copy()
+               for name in plan.weights}
+    emitted = quantized_copy(model, config, qparams, weights)
+    for name, value in learned.items():
+        q = emitted.graph.initializers[f"{name}_quantized"].const_value.numpy().astype(np.float32)
+        scale = weights[name].scale.reshape([-1] + [1] * (q.ndim - 1)) if q.ndim > 1 else \
+            weights[name].scale.reshape(-1)
+        if weights[name].axis == 1:
+            scale = weights[name].scale.reshape(1, -1, *[1] * (q.ndim - 2))
+        np.testing.assert_allclose(q * scale, value, rtol=0, atol=1e-6)
+    # the ORT run of the emitted model equals the torch evaluator chaining every learned block
+    feed = {"image": np.concatenate([f["image"] for f in image_feeds(4, seed=3)])}
+    env = {"image": torch.from_numpy(feed["image"])}
+    for block in cut_blocks(model.graph, plan, 3):
+        module = TorchBlock(block, plan, qparams, weights, learn_bias=False)
+        module.set_soft(False)
+        with torch.no_grad():
+            env.update(module({n: env[n] for n in block.inputs}, quantized=True))
+    output = model.graph.outputs[0].name
+    expected = ort_outputs(emitted, [output], feed)[output]
+    assert sqnr_db(expected, env[output].numpy()) > 45
+
+
+def test_block_with_unknown_op_falls_back_to_nearest_with_a_note(tmp_path):
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 3, 8, 8] image) => (float[N, 4, 8, 8] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (image, w1)
+        s = Softplus (c)
+        d = Conv (s, w2)
+        e = Relu (d)
+        y = Conv (e, w3)
+    }
+    """
+    proto = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(
+        rng.standard_normal(shape).astype(np.float32), name) for name, shape in
+        [("w1", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)), ("w3", (4, 4, 1, 1))])
+    path = tmp_path / "softplus.onnx"
+    onnx.save(proto, path)
+    feeds = [{"image": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(16)]
+    report = quantize(path, tmp_path / "q.onnx", feeds, QuantConfig.from_preset(
+        "fast", weights="int4", rounding="adaround", iters=10), quiet=True)
+    notes = [r["note"] for r in report.reconstruction if r["note"]]
+    assert notes and "Softplus" in notes[0] and "round-to-nearest" in notes[0]
+    onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)
