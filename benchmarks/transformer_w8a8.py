@@ -26,11 +26,10 @@ from ort_baseline import ort_quantize_static
 
 def main() -> None:
     """Print cosine/SQNR/agreement of both tools at each opset."""
-    calib, val = tiny_bert.token_batches(128, seed=1), tiny_bert.token_batches(256, seed=2)
+    calib, val = tiny_bert.benchmark_splits()
     print(f"{'opset':>5} {'tool':22} {'cosine':>8} {'SQNR dB':>8} {'top-1 agree':>11}")
     with tempfile.TemporaryDirectory() as tmp:
-        for opset in (17, 14):
-            fp32 = tiny_bert.export(Path(tmp) / f"bert{opset}.onnx", opset=opset)
+        for opset, fp32 in tiny_bert.exports(tmp):
             ours, theirs = Path(tmp) / f"ours{opset}.onnx", Path(tmp) / f"ort{opset}.onnx"
             quantize(fp32, ours, calib, QuantConfig(samples=128), quiet=True)
             ort_quantize_static(fp32, theirs, calib)

@@ -8,6 +8,7 @@ gives the decomposed ReduceMean/Sub/Pow/Sqrt/Div form other exporters produce.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,14 @@ def token_batches(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``count`` feeds of random token ids, one sample each."""
     rng = np.random.default_rng(seed)
     return [{INPUT_NAME: rng.integers(0, VOCAB, (1, SEQ), dtype=np.int64)} for _ in range(count)]
+
+
+def benchmark_splits() -> tuple[list, list]:
+    """The calibration (128) and validation (256) token batches the benchmarks use."""
+    return token_batches(128, seed=1), token_batches(256, seed=2)
+
+
+def exports(folder: str | Path) -> Iterator[tuple[int, Path]]:
+    """The encoder exported at opset 17 (fused LayerNorm) and 14 (decomposed), in ``folder``."""
+    for opset in (17, 14):
+        yield opset, export(Path(folder) / f"bert{opset}.onnx", opset=opset)

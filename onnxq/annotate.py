@@ -45,6 +45,8 @@ class Annotator:
         value = node.inputs[index]
         if not self.is_activation(value):
             return False
+        if self.config.activations == "none":  # weight-only: the layer still counts
+            return True
         self.plan.activations.setdefault(value.name, self.activation_spec())
         self.plan.uses.setdefault(value.name, []).append((node, index))
         return True

@@ -32,13 +32,14 @@ def check_output_path(model_path: Path, output_path: Path) -> None:
 
 
 def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | None,
-             calibration: Iterable[Mapping[str, np.ndarray]],
+             calibration: Iterable[Mapping[str, np.ndarray]] | None,
              config: QuantConfig | None = None, quiet: bool = False,
              model: ir.Model | None = None) -> QuantReport:
     """Quantize the model at ``model_path`` and write the QDQ model to ``output_path``.
 
     ``calibration`` is any iterable of feed dicts ``{input_name: array}`` (each with a
     batch dim), e.g. :class:`onnxq.data.ImageFolder`; at most ``config.samples`` are used.
+    It may be None for weight-only quantization (``activations="none"``).
     ``model`` is the model at ``model_path`` when the caller has already loaded it.
     """
     config = config or QuantConfig()
@@ -51,7 +52,7 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
     total = len(calibration) if hasattr(calibration, "__len__") else config.samples
     if config.samples is not None and total is not None:
         total = min(total, config.samples)
-    report = quantize_model(model, Limited(calibration, config.samples), config,
-                            Progress(quiet), total=total)
+    data = None if calibration is None else Limited(calibration, config.samples)
+    report = quantize_model(model, data, config, Progress(quiet), total=total)
     save_model(model, output_path)
     return report

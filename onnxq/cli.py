@@ -106,7 +106,8 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output path (default: MODEL.int8.onnx next to the input).")
 @click.option("--calib", default=None,
-              help="Image folder, .npz file, folder of .npz files, or 'random'.")
+              help="Image folder, .npz file, folder of .npz files, 'random', or 'none' "
+                   "(weight-only quantization, calibration-free pre-calibration).")
 @_image_options
 @click.option("--weights", type=click.Choice(WEIGHT_TYPES), default="int8", show_default=True)
 @click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8",
@@ -137,6 +138,9 @@ def main() -> None:
                    "per block (brecq) or per block with QDrop (qdrop).")
 @click.option("--iters", type=int, default=100, show_default=True,
               help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
+@click.option("--precalibrate/--no-precalibrate", default=None,
+              help="Data-free weight pre-calibration (KL-matched scales, mean-preserving "
+                   "rounding); on by default with --calib none.")
 @click.option("--quantize-fragile", is_flag=True,
               help="Also quantize LayerNorm/GELU/softmax chains (kept float by default).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -144,8 +148,8 @@ def main() -> None:
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
              observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
-             bias_correction, refine_ranges, rounding, iters, quantize_fragile, device,
-             quiet) -> None:
+             bias_correction, refine_ranges, rounding, iters, precalibrate, quantize_fragile,
+             device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -153,7 +157,11 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
     from onnxq.sources import open_source
 
     passes = {"fuse": fuse, "equalize": equalize, "bias_correction": bias_correction,
-              "refine_ranges": refine_ranges}
+              "refine_ranges": refine_ranges, "precalibrate": precalibrate}
+    weight_only = calib == "none"
+    if weight_only:
+        preset, activations = "fast", "none"
+        passes["precalibrate"] = precalibrate is not False
     config = QuantConfig.from_preset(
         preset, weights=weights, activations=activations, observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
@@ -166,9 +174,10 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         return
     if calib is None:
         raise OnnxqError("missing calibration data: pass --calib FOLDER|FILE.npz "
-                         "(or --calib random to calibrate on random data)")
+                         "(or --calib random to calibrate on random data, or --calib none for "
+                         "weight-only quantization)")
     loaded = load_model(model)
-    source = open_source(calib, loaded, _make_image_options(
+    source = None if weight_only else open_source(calib, loaded, _make_image_options(
         size, resize, mean, std, bgr, layout), samples, seed)
     out = Path(output) if output else default_output(Path(model), config)
     report = quantize_file(model, out, source, config, quiet=quiet, model=loaded)

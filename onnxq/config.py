@@ -9,7 +9,7 @@ from onnxq.numerics import QTYPES
 from onnxq.observers import OBSERVERS
 
 WEIGHT_TYPES = ("int8", "int4")
-ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "none")
 WEIGHT_OBSERVERS = ("minmax", "mse")
 EQUALIZE = ("none", "exact", "relu")
 BIAS_CORRECTION = ("empirical", "analytic", "none")
@@ -40,6 +40,7 @@ class QuantConfig:
     refine_ranges: bool = True
     rounding: str = "nearest"
     iters: int = 100
+    precalibrate: bool = False
     device: str = "cpu"
     batch_size: int = 8
 
@@ -55,6 +56,11 @@ class QuantConfig:
         for field, value, allowed in checks:
             if value not in allowed:
                 raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
+        if self.activations == "none" and (self.refine_ranges or self.rounding != "nearest"
+                                           or self.bias_correction == "empirical"):
+            raise OnnxqError("weight-only quantization (no calibration data) cannot refine "
+                             "ranges, learn rounding or measure bias correction; use "
+                             "--preset fast with --bias-correction analytic|none")
         if self.iters < 1:
             raise OnnxqError(f"--iters must be at least 1 (got {self.iters})")
         if self.samples is not None and self.samples < 1:
@@ -70,9 +76,15 @@ class QuantConfig:
     @property
     def activation_symmetric(self) -> bool:
         """Signed activation grids are symmetric; unsigned ones are asymmetric."""
-        return QTYPES[self.activations].signed
+        return self.activations != "none" and QTYPES[self.activations].signed
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the run reads calibration data (weight-only quantization does not)."""
+        return self.activations != "none"
 
     @property
     def required_opset(self) -> int:
         """The lowest default-domain opset whose Q/DQ supports the chosen types."""
-        return max(QTYPES[self.weights].min_opset, QTYPES[self.activations].min_opset)
+        kinds = [self.weights] + ([self.activations] if self.activations != "none" else [])
+        return max(QTYPES[kind].min_opset for kind in kinds)

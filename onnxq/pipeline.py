@@ -33,6 +33,7 @@ from onnxq.passes import (
     LearnedRoundingPass,
     LocalizeShapePass,
     OpsetUpgradePass,
+    PreCalibrateWeightsPass,
     RefineActivationRangesPass,
     TolerantShapeInferencePass,
 )
@@ -106,16 +107,22 @@ def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
     """Refuse a one-shot iterator when the configured passes read the data more than once."""
     multi_pass = (config.refine_ranges or config.bias_correction == "empirical"
                   or config.rounding != "nearest")
-    if multi_pass and iter(data) is data:
+    if multi_pass and data is not None and iter(data) is data:
         raise OnnxqError("calibration data is a one-shot iterator, but range refinement and "
                          "bias correction read it more than once: pass a list or an onnxq.data "
                          "source (or use --preset fast)")
 
 
-def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
+def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantConfig,
                    progress: Progress | None = None, total: int | None = None) -> QuantReport:
-    """Quantize ``model`` in place with calibration ``data``; return the run's report."""
+    """Quantize ``model`` in place with calibration ``data``; return the run's report.
+
+    ``data`` may be None for weight-only quantization (``activations="none"``).
+    """
     progress = progress or Progress(quiet=True)
+    if data is None and config.needs_data:
+        raise OnnxqError("missing calibration data: quantized activations need --calib "
+                         "(or use --calib none for weight-only quantization)")
     check_reiterable(data, config)
     start = time.perf_counter()
     pass_names = prepare(model, config)
@@ -125,24 +132,20 @@ def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
                          "inputs (or --exclude matched them all)")
     stream = {"device": config.device, "batch_size": config.batch_size, "progress": progress,
               "total": total}
-    observers = calibrate(model, plan, data, **stream)
-    qparams = resolve_activations(plan, observers)
+    qparams = resolve_activations(plan, calibrate(model, plan, data, **stream)
+                                  if config.needs_data else {})
     weight_params = resolve_weights(model, plan)
+    reference = ({name: model.graph.initializers[name].const_value.numpy().copy()
+                  for name in [*plan.weights, *plan.biases] if name in model.graph.initializers}
+                 if config.rounding != "nearest" else None)  # FP32 values for reconstruction
+    if config.precalibrate:
+        PreCalibrateWeightsPass(plan, weight_params)(model)
+        pass_names.append("PreCalibrateWeightsPass")
     if config.refine_ranges:
         samples = _activation_samples(model, plan, sorted(qparams), data, config)
         RefineActivationRangesPass(plan, qparams, samples)(model)
         pass_names.append("RefineActivationRangesPass")
-    reconstruction = []
-    bias_correction = config.bias_correction
-    if config.rounding != "nearest":
-        rounding = LearnedRoundingPass(plan, qparams, weight_params, data, RoundingConfig(
-            method=config.rounding, iters=config.iters, seed=config.seed, device=config.device),
-            progress)
-        rounding(model)
-        pass_names.append("LearnedRoundingPass")
-        reconstruction = [dataclasses.asdict(r) for r in rounding.reports]
-        bias_correction = "none"  # the learned biases already match the block outputs
-    if bias_correction == "empirical":
+    if config.bias_correction == "empirical":
         inputs = sorted({bias.activation for bias in plan.biases.values()} & set(qparams))
 
         def measure(current: ir.Model) -> dict[str, np.ndarray]:
@@ -153,9 +156,17 @@ def quantize_model(model: ir.Model, data: Iterable[Feed], config: QuantConfig,
 
         EmpiricalBiasCorrectionPass(plan, weight_params, measure)(model)
         pass_names.append("EmpiricalBiasCorrectionPass")
-    elif bias_correction == "analytic":
+    elif config.bias_correction == "analytic":
         AnalyticBiasCorrectionPass(plan, weight_params)(model)
         pass_names.append("AnalyticBiasCorrectionPass")
+    reconstruction = []
+    if config.rounding != "nearest":  # starts from the corrected biases and refined ranges
+        rounding = LearnedRoundingPass(plan, qparams, weight_params, data, RoundingConfig(
+            method=config.rounding, iters=config.iters, seed=config.seed, device=config.device),
+            progress, reference)
+        rounding(model)
+        pass_names.append("LearnedRoundingPass")
+        reconstruction = [dataclasses.asdict(r) for r in rounding.reports]
     EmitQDQPass(plan, qparams, weight_params)(model)
     pass_names.append("EmitQDQPass")
     report = QuantReport(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx_ir as ir
@@ -12,13 +13,30 @@ from onnxq.errors import OnnxqError
 from onnxq.model_io import EXTERNAL_DATA_THRESHOLD, model_nbytes
 
 
+def _torch_has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def providers(device: str) -> list[str]:
-    """Execution providers for ``device`` ('cpu' or 'cuda'), with a clear error when missing."""
+    """Execution providers for ``device`` ('cpu' or 'cuda'), with a clear error when missing.
+
+    With a CUDA torch but a CPU-only onnxruntime, ORT stages run on the CPU (with a
+    warning) and torch reconstruction still uses the GPU.
+    """
     if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise OnnxqError("--device cuda needs onnxruntime-gpu with CUDA "
-                             "(pip install onnxruntime-gpu); or use --device cpu")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if not _torch_has_cuda():
+            raise OnnxqError("--device cuda needs a CUDA GPU with onnxruntime-gpu "
+                             "(pip install onnxruntime-gpu) or a CUDA build of torch; "
+                             "or use --device cpu")
+        warnings.warn("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): "
+                      "calibration and validation run on the CPU, reconstruction on the GPU",
+                      stacklevel=2)
     return ["CPUExecutionProvider"]
 
 
@@ -50,6 +68,10 @@ def make_session(model: ir.Model, device: str = "cpu", threads: int = 0,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:
         reason = str(exc).splitlines()[0].split(" : ")[-1]
+        if optimize and "qdq_transformer" in reason:  # ORT's QDQ optimizer, not the model
+            warnings.warn(f"ONNX Runtime's QDQ graph optimizer failed ({reason}); running "
+                          "this model with graph optimizations off", stacklevel=2)
+            return make_session(model, device, threads, optimize=False)
         raise OnnxqError(f"ONNX Runtime cannot load the model ({reason}); calibration needs a "
                          "model ORT runs: register custom-op libraries or export standard ops"
                          ) from None

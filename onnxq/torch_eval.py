@@ -90,7 +90,9 @@ class TorchBlock(nn.Module):
 
     def __init__(self, block: Block, plan: QuantPlan, activation_qparams: dict[str, QParams],
                  weight_qparams: dict[str, QParams], learn_bias: bool = True,
-                 device: str = "cpu"):
+                 device: str = "cpu", reference: dict[str, np.ndarray] | None = None):
+        """``reference`` holds FP32 values of weights/biases that earlier passes changed
+        (bias correction, pre-calibration): the FP32 run and the rounding start use them."""
         super().__init__()
         missing = unsupported_ops(block)
         if missing:
@@ -100,11 +102,16 @@ class TorchBlock(nn.Module):
         self.biases = nn.ParameterDict()
         self.keys: dict[str, str] = {}
         self.constants: dict[str, torch.Tensor] = {}
+        self.fp32: dict[str, torch.Tensor] = {}
+        reference = reference or {}
         for node in block.nodes:
             for value in node.inputs:
                 if value is not None and value.const_value is not None:
                     self.constants[value.name] = torch.from_numpy(
                         np.array(value.const_value.numpy(), copy=True)).to(device)
+                    if value.name in reference:
+                        self.fp32[value.name] = torch.from_numpy(
+                            np.array(reference[value.name], np.float32)).to(device)
         biases = {b.weight: name for name, b in plan.biases.items()}
         self.bias_scales: dict[str, torch.Tensor] = {}
         for name, bias in plan.biases.items():
@@ -119,8 +126,8 @@ class TorchBlock(nn.Module):
             weight = node.inputs[1]
             key = f"w{len(self.keys)}"
             self.keys[weight.name] = key
-            self.rounding[key] = LearnedRoundingWeight(weight.const_value.numpy(),
-                                                       weight_qparams[weight.name])
+            start = reference.get(weight.name, weight.const_value.numpy())
+            self.rounding[key] = LearnedRoundingWeight(start, weight_qparams[weight.name])
             bias_name = biases.get(weight.name)
             if learn_bias and bias_name in self.constants:
                 self.keys[bias_name] = f"b{len(self.keys)}"
@@ -149,8 +156,10 @@ class TorchBlock(nn.Module):
             return self.rounding[key]()
         if value.name in env:
             return env[value.name]
-        bias = self.biases[key] if quantized and key in self.biases else self.constants[value.name]
-        scale = self.bias_scales.get(value.name) if quantized else None
+        if not quantized:
+            return self.fp32.get(value.name, self.constants[value.name])
+        bias = self.biases[key] if key in self.biases else self.constants[value.name]
+        scale = self.bias_scales.get(value.name)
         if scale is not None:  # int32 bias, scale s_input * s_weight, as emission writes it
             bias = bias + (torch.round(bias / scale) * scale - bias).detach()
         return bias

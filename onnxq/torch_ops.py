@@ -168,7 +168,7 @@ def _reduce_mean(node: ir.Node, xs: list) -> list:
 
 
 def _gather(node: ir.Node, xs: list) -> list:
-    data, index = xs[0], xs[1].long()
+    data, index = xs[0], xs[1].long().to(xs[0].device)
     axis = node.attributes.get_int("axis", 0) % data.dim()
     index = torch.where(index < 0, index + data.shape[axis], index)
     picked = data.index_select(axis, index.reshape(-1))
@@ -179,7 +179,7 @@ def _shape(node: ir.Node, xs: list) -> list:
     dims = list(xs[0].shape)
     start = node.attributes.get_int("start", 0)
     end = node.attributes.get_int("end", len(dims))
-    return [torch.tensor(dims[start:end], dtype=torch.int64)]
+    return [torch.tensor(dims[start:end], dtype=torch.int64, device=xs[0].device)]
 
 
 _TORCH_DTYPES = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,

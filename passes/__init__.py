@@ -10,6 +10,7 @@ from onnxq.passes.fuse_pad_into_conv import FusePadIntoConvPass
 from onnxq.passes.learned_rounding import LearnedRoundingPass
 from onnxq.passes.localize_shape import LocalizeShapePass
 from onnxq.passes.opset_upgrade import OpsetUpgradePass
+from onnxq.passes.precalibrate_weights import PreCalibrateWeightsPass
 from onnxq.passes.refine_ranges import RefineActivationRangesPass
 from onnxq.passes.tolerant_shape_inference import TolerantShapeInferencePass
 
@@ -25,6 +26,7 @@ __all__ = [
     "LearnedRoundingPass",
     "LocalizeShapePass",
     "OpsetUpgradePass",
+    "PreCalibrateWeightsPass",
     "RefineActivationRangesPass",
     "TolerantShapeInferencePass",
 ]

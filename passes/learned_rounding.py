@@ -25,13 +25,16 @@ class LearnedRoundingPass(ir.passes.InPlacePass):
     resolved scale), so emission writes exactly those integers; with ``learn_bias`` the
     biases of those layers take their learned values.  Blocks with an op the torch
     evaluator lacks keep round-to-nearest and are listed in ``reports`` with the reason.
+    ``reference`` holds the FP32 weights/biases where earlier passes (bias correction,
+    pre-calibration) changed them: the FP32 targets use those, the biases start corrected.
     """
 
     def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
                  weight_qparams: dict[str, QParams], data: Iterable[Feed],
-                 config: RoundingConfig, progress: Progress | None = None):
+                 config: RoundingConfig, progress: Progress | None = None,
+                 reference: dict[str, np.ndarray] | None = None):
         super().__init__()
-        self.args = (plan, activation_qparams, weight_qparams, config, progress)
+        self.args = (plan, activation_qparams, weight_qparams, config, progress, reference)
         self.data = data
         self.reports: list[BlockReport] = []
 

@@ -211,3 +211,12 @@ def test_learned_rounding_from_the_command_line(small_cnn, npz, tmp_path):
 def test_bad_iteration_count(small_cnn, npz, tmp_path):
     assert_one_line_error(invoke("quantize", small_cnn, "--calib", npz, "--rounding", "brecq",
                                  "--iters", 0, "-o", tmp_path / "x.onnx"), "--iters")
+
+
+def test_weight_only_without_calibration_data(small_cnn, tmp_path):
+    out = tmp_path / "w4.onnx"
+    result = invoke("quantize", small_cnn, "--calib", "none", "--weights", "int4", "-o", out,
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(load_model(out).metadata_props["onnxq.report"])
+    assert "PreCalibrateWeightsPass" in report["passes"] and report["quantized_activations"] == 0

@@ -149,3 +149,44 @@ def test_block_with_unknown_op_falls_back_to_nearest_with_a_note(tmp_path):
     notes = [r["note"] for r in report.reconstruction if r["note"]]
     assert notes and "Softplus" in notes[0] and "round-to-nearest" in notes[0]
     onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)
+
+
+def test_mean_preserving_rounding_keeps_channel_sums():
+    from onnxq.passes.precalibrate_weights import kl_scales, mean_preserving_round
+
+    from onnxq.numerics import QTYPES
+
+    grid = QTYPES["int4"]
+    rows = np.random.default_rng(0).standard_normal((6, 200)) * np.arange(1, 7)[:, None]
+    scale = kl_scales(rows, grid).astype(np.float64)
+    q = mean_preserving_round(rows, scale, grid)
+    nearest = np.clip(np.round(rows / scale[:, None]), grid.qmin, grid.qmax)
+    assert np.all(np.abs((q - rows / scale[:, None]).sum(axis=1)) <= 0.5 + 1e-9)
+    assert np.abs(q - nearest).sum() > 0 and np.abs(q - nearest).max() == 1
+    short = rows[:, :9]  # depthwise-sized rows keep min-max scales
+    np.testing.assert_allclose(kl_scales(short, grid), np.abs(short).max(axis=1) / 7, rtol=1e-6)
+
+
+def test_calibration_free_precalibration_beats_nearest_weight_only(small_cnn, tmp_path):
+    sqnr = {}
+    for precalibrate in (False, True):
+        out = tmp_path / f"w{precalibrate}.onnx"
+        config = QuantConfig.from_preset("fast", weights="int4", activations="none",
+                                         bias_correction="none", precalibrate=precalibrate)
+        quantize(small_cnn, out, None, config, quiet=True)
+        model = load_model(out)
+        assert not any(n.op_type == "QuantizeLinear" for n in model.graph)  # weights only
+        sqnr[precalibrate] = compare(load_model(small_cnn), model,
+                                     image_feeds(64, seed=1)).outputs[0].sqnr_db
+    assert sqnr[True] > sqnr[False] + 3.0
+
+
+def test_reconstruction_on_random_crops_still_lowers_every_block_loss(small_cnn):
+    config = QuantConfig.from_preset("fast", weights="int4")
+    feeds = image_feeds(32)
+    model, plan, qparams, weights = calibrated(small_cnn, config, feeds)
+    rounding = LearnedRoundingPass(plan, qparams, weights, feeds,
+                                   RoundingConfig(method="brecq", iters=40, crop=16))
+    rounding(model)
+    trained = [r for r in rounding.reports if r.layers]
+    assert trained and all(r.loss_learned < r.loss_nearest for r in trained)

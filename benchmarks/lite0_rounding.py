@@ -1,0 +1,116 @@
+"""Learned rounding on EfficientNet-Lite0: nearest / AdaRound / BRECQ / QDrop / pre-calibration.
+
+Calibrates on ``--calib`` (default ``calib/`` of ../shared/data/imagenet-sample) and scores
+on ``--val`` when given (default ``val/``); ``--save`` keeps the quantized models, so a run
+on a GPU machine without the images can be scored here later with ``--score``.
+
+    python benchmarks/lite0_rounding.py --rows nearest,brecq --weights int4 --json r.json
+    python benchmarks/lite0_rounding.py --score saved/ --json r.json
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
+
+from onnxq.api import quantize
+from onnxq.config import QuantConfig
+from onnxq.data import ImageFolder
+from onnxq.model_io import load_model
+from onnxq.validate import compare
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
+ROWS = {
+    "nearest": {"preset": "fast"},
+    "nearest+BC (preset default)": {"preset": "default"},
+    "precal": {"preset": "fast", "precalibrate": True},
+    "adaround": {"preset": "fast", "rounding": "adaround"},
+    "brecq": {"preset": "fast", "rounding": "brecq"},
+    "default+brecq": {"preset": "default", "rounding": "brecq"},
+    "default+qdrop": {"preset": "default", "rounding": "qdrop"},
+    "default+adaround": {"preset": "default", "rounding": "adaround"},
+    "qdrop": {"preset": "fast", "rounding": "qdrop"},
+    "precal+brecq": {"preset": "fast", "rounding": "brecq", "precalibrate": True},
+}
+
+
+def _score(fp32: Path, models: dict[str, Path], val_dir: Path) -> dict[str, dict]:
+    val = ImageFolder(val_dir, INPUT_NAME, PREPROCESS)
+    reference = load_model(fp32)
+    scores = {}
+    for row, path in models.items():
+        result = compare(reference, load_model(path), val, labels=val.labels)
+        scores[row] = {"top1": result.top1_quantized, "fp32_top1": result.top1_fp32,
+                       "agreement": result.top1_agreement, "kl": result.kl_to_fp32}
+    return scores
+
+
+@click.command()
+@click.option("--rows", default="nearest,adaround,brecq,qdrop,precal", show_default=True)
+@click.option("--weights", default="int4", show_default=True)
+@click.option("--activations", default="uint8", show_default=True)
+@click.option("--iters", default=100, show_default=True)
+@click.option("--samples", default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--calib", "calib_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--val", "val_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--save", type=click.Path(file_okay=False), default=None)
+@click.option("--score", "score_dir", type=click.Path(file_okay=False), default=None,
+              help="Only score the models saved by an earlier --save run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir, save,
+         score_dir, json_path) -> None:
+    """Quantize Lite0 once per row and print top-1, agreement, KL and minutes."""
+    val_dir = Path(val_dir) if val_dir else (DATA / "val" if (DATA / "val").is_dir() else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        if score_dir:
+            saved = json.loads((Path(score_dir) / "runs.json").read_text())
+            fp32 = export(Path(tmp) / "lite0.onnx")
+            models = {row: Path(score_dir) / r["file"] for row, r in saved.items()}
+            for row, scores in _score(fp32, models, val_dir).items():
+                saved[row].update(scores)
+            runs = saved
+        else:
+            calib = ImageFolder(Path(calib_dir) if calib_dir else DATA / "calib", INPUT_NAME,
+                                PREPROCESS, samples=samples, seed=0)
+            out_dir = Path(save) if save else Path(tmp)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fp32 = export(Path(tmp) / "lite0.onnx")
+            runs = {}
+            for row in rows.split(","):
+                fields = dict(ROWS[row])
+                config = QuantConfig.from_preset(fields.pop("preset"), weights=weights,
+                                                 activations=activations, iters=iters,
+                                                 samples=samples, device=device, **fields)
+                path = out_dir / f"lite0.{row.replace(' ', '_').replace('+', '-')}.onnx"
+                start = time.perf_counter()
+                quantize(fp32, path, calib, config, quiet=True)
+                runs[row] = {"file": path.name, "minutes": (time.perf_counter() - start) / 60,
+                             "weights": weights, "activations": activations, "iters": iters,
+                             "device": device, "samples": samples,
+                             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                             / 1024}
+                click.echo(f"{row}: {runs[row]['minutes']:.2f} min", err=True)
+                if save:  # after every row, so a run cut short keeps what it finished
+                    (out_dir / "runs.json").write_text(json.dumps(runs, indent=1))
+            if val_dir is not None:
+                models = {row: out_dir / r["file"] for row, r in runs.items()}
+                for row, scores in _score(fp32, models, val_dir).items():
+                    runs[row].update(scores)
+    click.echo(f"{'row':28} {'top1':>6} {'agree':>6} {'KL':>8} {'min':>6}")
+    for row, r in runs.items():
+        if "top1" in r:
+            click.echo(f"{row:28} {r['top1']:6.3f} {r['agreement']:6.3f} {r['kl']:8.4f} "
+                       f"{r['minutes']:6.2f}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(runs, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Transformer encoder at 4-bit weights: round-to-nearest vs learned rounding, same settings.
+
+Uses onnxq.models.tiny_bert (token ids, Gather embedding, LayerNorm, softmax attention, GELU)
+at opset 17 and opset 14 (decomposed LayerNorm); cosine of the logits to FP32.
+
+    python benchmarks/transformer_rounding.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from onnxq.models import tiny_bert
+
+from onnxq.api import quantize
+from onnxq.config import QuantConfig
+from onnxq.model_io import load_model
+from onnxq.validate import compare
+
+ROWS = {"nearest": {"preset": "fast"}, "nearest+BC (preset default)": {"preset": "default"},
+        "adaround": {"preset": "fast", "rounding": "adaround"},
+        "brecq": {"preset": "fast", "rounding": "brecq"},
+        "qdrop": {"preset": "fast", "rounding": "qdrop"}}
+
+
+def main() -> None:
+    """Print cosine/SQNR/agreement per rounding method and opset."""
+    calib, val = tiny_bert.benchmark_splits()
+    print(f"{'opset':>5} {'rounding':28} {'cosine':>8} {'SQNR dB':>8} {'agree':>6} {'s':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for opset, fp32 in tiny_bert.exports(tmp):
+            for row, fields in ROWS.items():
+                fields = dict(fields)
+                config = QuantConfig.from_preset(fields.pop("preset"), weights="int4",
+                                                 samples=128, **fields)
+                out = Path(tmp) / "q.onnx"
+                start = time.perf_counter()
+                report = quantize(fp32, out, calib, config, quiet=True)
+                seconds = time.perf_counter() - start
+                r = compare(load_model(fp32), load_model(out), val)
+                notes = {b["note"] for b in report.reconstruction if b["note"]}
+                print(f"{opset:>5} {row:28} {r.outputs[0].cosine:8.4f} "
+                      f"{r.outputs[0].sqnr_db:8.2f} {r.top1_agreement:6.3f} {seconds:6.1f}"
+                      + (f"  ({'; '.join(notes)})" if notes else ""))
+
+
+if __name__ == "__main__":
+    main()
