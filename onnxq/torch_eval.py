@@ -146,10 +146,6 @@ class TorchBlock(nn.Module):
         for module in self.rounding.values():
             module.soft = soft
 
-    def regularizer(self, beta: float) -> torch.Tensor:
-        """Sum of the rounding regularizers of the block's weights."""
-        return sum(m.regularizer(beta) for m in self.rounding.values())
-
     def _operand(self, value: ir.Value, env: dict, quantized: bool) -> torch.Tensor:
         key = self.keys.get(value.name)
         if quantized and key in self.rounding:
