@@ -73,6 +73,17 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
         raise OnnxqError("calibration data is empty; pass --calib with at least one sample")
 
 
+def collect_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs
+                    ) -> dict[str, np.ndarray]:
+    """The tensors ``names`` for every sample of ``data``, concatenated (memory grows with
+    the samples: for bounded subsets and caches)."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for outputs in stream_outputs(model, names, data, **kwargs):
+        for name, array in outputs.items():
+            parts[name].append(array)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
 def channel_means(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs
                   ) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) means of the tensors ``names`` over ``data`` (streamed)."""

@@ -17,7 +17,7 @@ from onnx_ir.passes.common import (
 )
 
 from onnxq.annotate import annotate
-from onnxq.calibration import calibrate, channel_means, stream_outputs
+from onnxq.calibration import calibrate, channel_means, collect_outputs
 from onnxq.config import QuantConfig
 from onnxq.data import Feed, Limited
 from onnxq.errors import OnnxqError
@@ -42,7 +42,6 @@ from onnxq.progress import Progress
 from onnxq.qparams import resolve_activations, resolve_weights
 from onnxq.reconstruction import RoundingConfig
 from onnxq.simulate import quantized_copy
-from onnxq.spec import QuantPlan
 
 VERSION = "0.1.0"
 
@@ -92,15 +91,11 @@ REFINE_SAMPLES = 8
 """Calibration samples whose activations range refinement holds in memory (a fixed number)."""
 
 
-def _activation_samples(model: ir.Model, plan: QuantPlan, names: list[str],
-                        data: Iterable[Feed], config: QuantConfig) -> dict[str, np.ndarray]:
+def _activation_samples(model: ir.Model, names: list[str], data: Iterable[Feed],
+                        config: QuantConfig) -> dict[str, np.ndarray]:
     """The activations ``names`` for the first REFINE_SAMPLES calibration samples."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for outputs in stream_outputs(model, names, Limited(data, REFINE_SAMPLES),
-                                  device=config.device, batch_size=config.batch_size):
-        for name, array in outputs.items():
-            parts[name].append(array)
-    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    return collect_outputs(model, names, Limited(data, REFINE_SAMPLES), device=config.device,
+                           batch_size=config.batch_size)
 
 
 def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
@@ -142,7 +137,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         PreCalibrateWeightsPass(plan, weight_params)(model)
         pass_names.append("PreCalibrateWeightsPass")
     if config.refine_ranges:
-        samples = _activation_samples(model, plan, sorted(qparams), data, config)
+        samples = _activation_samples(model, sorted(qparams), data, config)
         RefineActivationRangesPass(plan, qparams, samples)(model)
         pass_names.append("RefineActivationRangesPass")
     if config.bias_correction == "empirical":

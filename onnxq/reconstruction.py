@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from onnxq.calibration import stream_outputs
+from onnxq.calibration import collect_outputs
 from onnxq.data import Feed
 from onnxq.errors import OnnxqError
 from onnxq.progress import Progress
@@ -264,13 +264,10 @@ class Reconstructor:
     def _fall_back(self, block: Block, reason: str, data: Iterable[Feed], fp: dict, q: dict,
                    start: float) -> None:
         """Keep round-to-nearest in ``block``; take its outputs from the FP32 model in ORT."""
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in block.outputs}
-        for outputs in stream_outputs(self.model, block.outputs, data, device=self.config.device,
-                                      batch_size=self.config.batch, stage="fall-back block"):
-            for name, array in outputs.items():
-                parts[name].append(array)
-        for name, arrays in parts.items():
-            fp[name] = q[name] = torch.from_numpy(np.concatenate(arrays))
+        outputs = collect_outputs(self.model, block.outputs, data, device=self.config.device,
+                                  batch_size=self.config.batch, stage="fall-back block")
+        for name, array in outputs.items():
+            fp[name] = q[name] = torch.from_numpy(array)
         self.reports.append(BlockReport(
             block.name, len(block.layers), None, None, round(time.perf_counter() - start, 2),
             f"round-to-nearest: {reason}; the next block starts from FP32 inputs"))
