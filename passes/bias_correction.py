@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxq.passes.fuse_batchnorm import BN_STATS
 
+from onnxq.graph import clip_bounds
 from onnxq.numerics import QTYPES, fake_quantize
 from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
@@ -64,16 +65,6 @@ def clipped_normal_mean(mean: np.ndarray, std: np.ndarray, low: float, high: flo
             + (high * (1 - cdf_b) if np.isfinite(high) else 0.0))
 
 
-def _bounds(node: ir.Node) -> tuple[float, float]:
-    if node.op_type == "Relu":
-        return 0.0, math.inf
-    values = [node.inputs[i].const_value if len(node.inputs) > i and node.inputs[i] else None
-              for i in (1, 2)]
-    low = float(values[0].numpy().reshape(-1)[0]) if values[0] is not None else -math.inf
-    high = float(values[1].numpy().reshape(-1)[0]) if values[1] is not None else math.inf
-    return low, high
-
-
 def analytic_input_mean(value: ir.Value) -> np.ndarray | None:
     """E[x] per channel of a layer input, from the upstream layer's BatchNorm statistics.
 
@@ -82,7 +73,7 @@ def analytic_input_mean(value: ir.Value) -> np.ndarray | None:
     producer = value.producer()
     low, high = -math.inf, math.inf
     if producer is not None and producer.op_type in ("Relu", "Clip"):
-        low, high = _bounds(producer)
+        low, high = clip_bounds(producer)
         producer = producer.inputs[0].producer()
     if producer is None or BN_STATS not in producer.meta:
         return None

@@ -9,6 +9,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxq.passes.fuse_batchnorm import BN_STATS
 
+from onnxq.graph import clip_bounds
+
 logger = logging.getLogger(__name__)
 
 CLIP_POLICIES = ("skip", "relu")
@@ -86,15 +88,6 @@ def _only_consumer(value: ir.Value, graph: ir.Graph) -> ir.Node | None:
     return node if index == 0 else None
 
 
-def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:
-    bounds = []
-    for i in (1, 2):
-        value = node.inputs[i] if len(node.inputs) > i else None
-        const = value.const_value if value is not None else None
-        bounds.append(None if const is None else float(const.numpy().reshape(-1)[0]))
-    return bounds[0], bounds[1]
-
-
 class CrossLayerEqualizationPass(ir.passes.InPlacePass):
     """Rescale channel pairs across Conv/Gemm -> [Relu] -> Conv/Gemm so both weight ranges match.
 
@@ -132,7 +125,7 @@ class CrossLayerEqualizationPass(ir.passes.InPlacePass):
             relu, clip = False, None
             if link is not None and link.op_type in ("Relu", "Clip"):
                 if link.op_type == "Clip":
-                    if self.clip_policy == "skip" or _clip_bounds(link)[0] != 0.0:
+                    if self.clip_policy == "skip" or clip_bounds(link)[0] != 0.0:
                         continue
                     clip = link
                 relu = True
@@ -157,8 +150,8 @@ class CrossLayerEqualizationPass(ir.passes.InPlacePass):
     @staticmethod
     def _equalize(pair: _Pair) -> float:
         w1, w2 = _weight(pair.first), _weight(pair.second)
-        r1 = np.abs(_out_axis_view(pair.first, w1)).reshape(
-            _out_axis_view(pair.first, w1).shape[0], -1).max(axis=1)
+        out1 = _out_axis_view(pair.first, w1)
+        r1 = np.abs(out1).reshape(out1.shape[0], -1).max(axis=1)
         r2 = np.abs(_in_channel_view(pair.second, w2, r1.size)).max(axis=1)
         valid = (r1 > 0) & (r2 > 0)
         scale = np.where(valid, np.sqrt(r1 / np.where(valid, r2, 1.0)), 1.0)

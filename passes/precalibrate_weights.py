@@ -29,9 +29,8 @@ def _kl_to_grid(rows: np.ndarray, amax: np.ndarray, scale: np.ndarray, grid: QTy
         p, _ = np.histogram(row / top, bins=edges)
         p = p / max(p.sum(), 1) + 1e-12
         cell = np.clip(np.round(centres * top / step), grid.qmin + 1, grid.qmax)
-        mass = np.bincount((cell - cell.min()).astype(int), weights=p)
-        width = np.bincount((cell - cell.min()).astype(int))
-        q = mass[(cell - cell.min()).astype(int)] / width[(cell - cell.min()).astype(int)]
+        index = (cell - cell.min()).astype(int)
+        q = (np.bincount(index, weights=p) / np.bincount(index))[index]
         out[i] = float(np.sum(p * np.log(p / (q + 1e-12))))
     return out
 

@@ -8,9 +8,10 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from onnxq.numerics import QTYPES, QType, choose_qparams
+from onnxq.numerics import QTYPES, choose_qparams
 from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
+from onnxq.torch_eval import ActivationQuant
 from onnxq.torch_ops import Unsupported, constant, run_node
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,9 @@ def _range(params: QParams) -> tuple[float, float]:
     return (grid.qmin - zero_point) * scale, (grid.qmax - zero_point) * scale
 
 
-def _fake_quantize(x: torch.Tensor, lo: float, hi: float, grid: QType) -> torch.Tensor:
-    scale, zero_point = choose_qparams(lo, hi, grid, grid.signed)
-    s, z = float(scale.reshape(-1)[0]), float(zero_point.reshape(-1)[0])
-    return (torch.clamp(torch.round(x / s) + z, grid.qmin, grid.qmax) - z) * s
+def _fake_quantize(x: torch.Tensor, lo: float, hi: float, qtype: str) -> torch.Tensor:
+    scale, zero_point = choose_qparams(lo, hi, QTYPES[qtype], QTYPES[qtype].signed)
+    return ActivationQuant(QParams(scale, zero_point, qtype))(x)
 
 
 def _response(node: ir.Node, index: int):
@@ -61,10 +61,8 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
         self.plan = plan
         self.activation_qparams = activation_qparams
         self.samples = samples
-        self.ratios: dict[str, float] = {}
 
     def _score(self, members: list[str], params: QParams, lo: float, hi: float) -> list[float]:
-        grid = QTYPES[params.qtype]
         totals = np.zeros(len(RATIOS))
         for name in members:
             if name not in self.samples:
@@ -75,7 +73,7 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
                 with torch.no_grad():
                     reference = float((respond(x) ** 2).sum()) + 1e-30
                     for k, ratio in enumerate(RATIOS):
-                        err = _fake_quantize(x, lo * ratio, hi * ratio, grid) - x
+                        err = _fake_quantize(x, lo * ratio, hi * ratio, params.qtype) - x
                         totals[k] += float((respond(err) ** 2).sum()) / reference
         return list(totals)
 
@@ -92,7 +90,6 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
                 logger.info("kept the observed range of %s: %s", root, exc)
                 continue
             best = int(np.argmin(scores))
-            self.ratios[root] = RATIOS[best]
             if best == 0:
                 continue
             grid = QTYPES[params.qtype]
