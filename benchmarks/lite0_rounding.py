@@ -67,6 +67,9 @@ def _score(fp32: Path, models: dict[str, Path], val_dir: Path) -> dict[str, dict
 def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir, save,
          score_dir, json_path) -> None:
     """Quantize Lite0 once per row and print top-1, agreement, KL and minutes."""
+    if not (calib_dir or score_dir or (DATA / "calib").is_dir()):
+        click.echo(f"skipped: {DATA} not found (or pass --calib)")
+        return
     val_dir = Path(val_dir) if val_dir else (DATA / "val" if (DATA / "val").is_dir() else None)
     with tempfile.TemporaryDirectory() as tmp:
         if score_dir:
