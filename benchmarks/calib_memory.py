@@ -1,9 +1,12 @@
-"""Peak RSS of `onnxq quantize` on EfficientNet-Lite0 with 64 vs 512 calibration samples.
+"""Peak RSS of `onnxq quantize` on EfficientNet-Lite0 for several calibration sample counts.
 
 Each run is a fresh process; its peak RSS is read from the kernel.  The shared
-ImageNet sample has 500 calib images, so 512 samples means all 500 of them.
+ImageNet sample has 500 calib images, so 512 samples means all 500 of them.  Arguments
+after ``--`` go to `onnxq quantize` (e.g. learned rounding and its cache budget).
 
     python benchmarks/calib_memory.py
+    python benchmarks/calib_memory.py --samples 64,256,500 -- --weights int4 --rounding brecq \
+        --iters 10 --cache-mb 256
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import click
 from onnxq.models.efficientnet_lite import export
 
 from onnxq.demo import find_imagenet_sample
@@ -32,7 +36,10 @@ def peak_rss_mb(args: list[str]) -> float:
     return int(out.split()[-1]) / 1024
 
 
-def main() -> None:
+@click.command()
+@click.option("--samples", "counts", default="64,512", show_default=True)
+@click.argument("extra", nargs=-1)
+def main(counts: str, extra: tuple[str, ...]) -> None:
     """Print peak RSS for each sample count."""
     sample = find_imagenet_sample()
     if sample is None:
@@ -40,11 +47,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = export(Path(tmp) / "lite0.onnx")
-        for samples in (64, 512):
+        for samples in counts.split(","):
             rss = peak_rss_mb(["quantize", str(model), "--calib", str(sample / "calib"),
-                               "--samples", str(samples), "-o", str(Path(tmp) / "q.onnx"),
-                               "--quiet"])
-            print(f"samples {samples:4d}: peak RSS {rss:.0f} MB")
+                               "--samples", samples, "-o", str(Path(tmp) / "q.onnx"),
+                               "--quiet", *extra])
+            print(f"samples {samples:>4}: peak RSS {rss:.0f} MB {' '.join(extra)}")
 
 
 if __name__ == "__main__":

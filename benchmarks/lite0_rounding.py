@@ -5,6 +5,7 @@ on ``--val`` when given (default ``val/``); ``--save`` keeps the quantized model
 on a GPU machine without the images can be scored here later with ``--score``.
 
     python benchmarks/lite0_rounding.py --rows nearest,brecq --weights int4 --json r.json
+    python benchmarks/lite0_rounding.py --rows brecq --set learn_scale=true --set cache_mb=256
     python benchmarks/lite0_rounding.py --score saved/ --json r.json
 """
 
@@ -51,6 +52,18 @@ def _score(fp32: Path, models: dict[str, Path], val_dir: Path) -> dict[str, dict
     return scores
 
 
+def _settings(settings: tuple[str, ...]) -> dict[str, object]:
+    """``FIELD=VALUE`` pairs as QuantConfig overrides (numbers and booleans parsed)."""
+    fields: dict[str, object] = {}
+    for item in settings:
+        field, _, text = item.partition("=")
+        try:
+            fields[field] = json.loads(text)
+        except json.JSONDecodeError:
+            fields[field] = text
+    return fields
+
+
 @click.command()
 @click.option("--rows", default="nearest,adaround,brecq,qdrop,precal", show_default=True)
 @click.option("--weights", default="int4", show_default=True)
@@ -64,8 +77,10 @@ def _score(fp32: Path, models: dict[str, Path], val_dir: Path) -> dict[str, dict
 @click.option("--score", "score_dir", type=click.Path(file_okay=False), default=None,
               help="Only score the models saved by an earlier --save run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="A QuantConfig field for every row, e.g. --set weight_observer=mse.")
 def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir, save,
-         score_dir, json_path) -> None:
+         score_dir, json_path, settings) -> None:
     """Quantize Lite0 once per row and print top-1, agreement, KL and minutes."""
     if not (calib_dir or score_dir or (DATA / "calib").is_dir()):
         click.echo(f"skipped: {DATA} not found (or pass --calib)")
@@ -87,7 +102,7 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
             fp32 = export(Path(tmp) / "lite0.onnx")
             runs = {}
             for row in rows.split(","):
-                fields = dict(ROWS[row])
+                fields = {**ROWS[row], **_settings(settings)}
                 config = QuantConfig.from_preset(fields.pop("preset"), weights=weights,
                                                  activations=activations, iters=iters,
                                                  samples=samples, device=device, **fields)
@@ -96,7 +111,7 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
                 quantize(fp32, path, calib, config, quiet=True)
                 runs[row] = {"file": path.name, "minutes": (time.perf_counter() - start) / 60,
                              "weights": weights, "activations": activations, "iters": iters,
-                             "device": device, "samples": samples,
+                             "device": device, "samples": samples, "settings": _settings(settings),
                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                              / 1024}
                 click.echo(f"{row}: {runs[row]['minutes']:.2f} min", err=True)

@@ -60,7 +60,7 @@ class Annotator:
         if axis is not None and axis >= rank:
             axis = None
         self.plan.weights[value.name] = QuantSpec(
-            self.config.weights, True, axis, observer=self.config.weight_observer)
+            self.config.weights, True, axis, observer=self.config.weight_range_observer)
         return True
 
     def bias(self, node: ir.Node, index: int, act_index: int, weight_index: int) -> None:

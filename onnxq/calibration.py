@@ -76,7 +76,7 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
 def collect_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs
                     ) -> dict[str, np.ndarray]:
     """The tensors ``names`` for every sample of ``data``, concatenated (memory grows with
-    the samples: for bounded subsets and caches)."""
+    the samples: for bounded subsets)."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for outputs in stream_outputs(model, names, data, **kwargs):
         for name, array in outputs.items():

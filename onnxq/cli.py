@@ -114,8 +114,9 @@ def main() -> None:
               show_default=True)
 @click.option("--observer", type=click.Choice(OBSERVERS), default="minmax", show_default=True,
               help="Activation range observer.")
-@click.option("--weight-observer", type=click.Choice(WEIGHT_OBSERVERS), default="minmax",
-              show_default=True)
+@click.option("--weight-observer", type=click.Choice(WEIGHT_OBSERVERS), default="auto",
+              show_default=True, help="Weight ranges: auto is mse (clipped to the least "
+              "rounding MSE) with learned rounding, minmax otherwise.")
 @click.option("--samples", type=int, default=256, show_default=True,
               help="Calibration samples (chosen deterministically with --seed).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -138,6 +139,10 @@ def main() -> None:
                    "per block (brecq) or per block with QDrop (qdrop).")
 @click.option("--iters", type=int, default=100, show_default=True,
               help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
+@click.option("--learn-scale", is_flag=True,
+              help="Reconstruction also learns the per-channel weight scales.")
+@click.option("--cache-mb", type=int, default=2048, show_default=True,
+              help="RAM for the reconstruction caches; beyond it they spill to temporary files.")
 @click.option("--precalibrate/--no-precalibrate", default=None,
               help="Data-free weight pre-calibration (KL-matched scales, mean-preserving "
                    "rounding); on by default with --calib none.")
@@ -148,8 +153,8 @@ def main() -> None:
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
              observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
-             bias_correction, refine_ranges, rounding, iters, precalibrate, quantize_fragile,
-             device, quiet) -> None:
+             bias_correction, refine_ranges, rounding, iters, learn_scale, cache_mb, precalibrate,
+             quantize_fragile, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -166,6 +171,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         preset, weights=weights, activations=activations, observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
         keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
+        learn_scale=learn_scale, cache_mb=cache_mb,
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.demo import run_default

@@ -10,7 +10,7 @@ from onnxq.observers import OBSERVERS
 
 WEIGHT_TYPES = ("int8", "int4")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "none")
-WEIGHT_OBSERVERS = ("minmax", "mse")
+WEIGHT_OBSERVERS = ("auto", "minmax", "mse")
 EQUALIZE = ("none", "exact", "relu")
 BIAS_CORRECTION = ("empirical", "analytic", "none")
 ROUNDING = ("nearest", "adaround", "brecq", "qdrop")
@@ -29,7 +29,7 @@ class QuantConfig:
     weights: str = "int8"
     activations: str = "uint8"
     observer: str = "minmax"
-    weight_observer: str = "minmax"
+    weight_observer: str = "auto"
     samples: int | None = 256
     seed: int = 0
     exclude: tuple[str, ...] = ()
@@ -40,6 +40,8 @@ class QuantConfig:
     refine_ranges: bool = True
     rounding: str = "nearest"
     iters: int = 100
+    learn_scale: bool = False
+    cache_mb: int = 2048
     precalibrate: bool = False
     device: str = "cpu"
     batch_size: int = 8
@@ -63,6 +65,8 @@ class QuantConfig:
                              "--preset fast with --bias-correction analytic|none")
         if self.iters < 1:
             raise OnnxqError(f"--iters must be at least 1 (got {self.iters})")
+        if self.cache_mb < 0:
+            raise OnnxqError(f"--cache-mb must be 0 or more (got {self.cache_mb})")
         if self.samples is not None and self.samples < 1:
             raise OnnxqError(f"--samples must be at least 1 (got {self.samples})")
 
@@ -72,6 +76,14 @@ class QuantConfig:
         if preset not in PRESETS:
             raise OnnxqError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
+
+    @property
+    def weight_range_observer(self) -> str:
+        """The weight range method: ``auto`` is MSE-clipped ranges under learned rounding
+        (which then fits the rounding around the clipping), min-max otherwise."""
+        if self.weight_observer != "auto":
+            return self.weight_observer
+        return "minmax" if self.rounding == "nearest" else "mse"
 
     @property
     def activation_symmetric(self) -> bool:

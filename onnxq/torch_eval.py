@@ -31,18 +31,34 @@ def _per_axis(values: np.ndarray, ndim: int, axis: int | None) -> torch.Tensor:
 
 
 class LearnedRoundingWeight(nn.Module):
-    """W_q = s * clamp(floor(W / s) + h(V), qmin, qmax); V starts at round-to-nearest."""
+    """W_q = s * clamp(floor(W / s0) + h(V), qmin, qmax); V starts at round-to-nearest.
 
-    def __init__(self, weight: np.ndarray, params: QParams):
+    With ``learn_scale`` the per-channel step ``s = s0 * exp(g)`` is learned too (``g``
+    starts at 0); the integers stay on the grid of ``s0``'s rounding, so ``s * q`` is still
+    exactly what a DequantizeLinear with scale ``s`` gives.
+    """
+
+    def __init__(self, weight: np.ndarray, params: QParams, learn_scale: bool = False):
         super().__init__()
         grid = QTYPES[params.qtype]
         self.qmin, self.qmax = grid.qmin, grid.qmax
-        self.register_buffer("scale", _per_axis(params.scale, weight.ndim, params.axis))
+        self.register_buffer("base_scale", _per_axis(params.scale, weight.ndim, params.axis))
         w = torch.from_numpy(np.array(weight, np.float32))
-        self.register_buffer("floor", torch.floor(w / self.scale))
-        rest = (w / self.scale - self.floor).clamp(0.01, 0.99)
+        self.register_buffer("floor", torch.floor(w / self.base_scale))
+        rest = (w / self.base_scale - self.floor).clamp(0.01, 0.99)
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+        self.log_gain = (nn.Parameter(torch.zeros_like(self.base_scale)) if learn_scale
+                         else None)
         self.soft = True
+        axis = params.axis if params.axis is not None and w.dim() > 1 else 0
+        self.fan_in = w.numel() // w.shape[axis] if w.dim() else 1  # weights per output
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The current step size (learned when ``learn_scale``)."""
+        if self.log_gain is None:
+            return self.base_scale
+        return self.base_scale * torch.exp(self.log_gain)
 
     def h(self) -> torch.Tensor:
         """The soft rounding offset in [0, 1]."""
@@ -61,9 +77,27 @@ class LearnedRoundingWeight(nn.Module):
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
 
 
+class _FakeQuantize(torch.autograd.Function):
+    """Q then DQ as ONNX defines them (``x / s``, round half to even, clamp), with a
+    straight-through gradient inside the grid.  Written with in-place ops and hardtanh's
+    backward kernel: several times faster on CPU than torch's fused fake-quant op."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float, zero_point: int, qmin: int, qmax: int):
+        ctx.save_for_backward(x)
+        ctx.bounds = ((qmin - zero_point - 0.5) * scale, (qmax - zero_point + 0.5) * scale)
+        q = torch.div(x, scale).round_().add_(zero_point).clamp_(qmin, qmax)
+        return q.sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, x, *ctx.bounds), None, None, None, None
+
+
 class ActivationQuant:
-    """Fake quantization of one activation use (torch's fused op: straight-through inside the
-    range, zero gradient where clipped)."""
+    """Fake quantization of one activation use (straight-through inside the range, zero
+    gradient where clipped)."""
 
     def __init__(self, params: QParams):
         grid = QTYPES[params.qtype]
@@ -72,8 +106,7 @@ class ActivationQuant:
         self.zero_point = int(params.zero_point.reshape(-1)[0])
 
     def __call__(self, x: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
-        q = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin,
-                                                  self.qmax)
+        q = _FakeQuantize.apply(x, self.scale, self.zero_point, self.qmin, self.qmax)
         if drop > 0:
             return torch.where(torch.rand_like(x) < drop, x, q)
         return q
@@ -90,9 +123,11 @@ class TorchBlock(nn.Module):
 
     def __init__(self, block: Block, plan: QuantPlan, activation_qparams: dict[str, QParams],
                  weight_qparams: dict[str, QParams], learn_bias: bool = True,
-                 device: str = "cpu", reference: dict[str, np.ndarray] | None = None):
+                 device: str = "cpu", reference: dict[str, np.ndarray] | None = None,
+                 learn_scale: bool = False):
         """``reference`` holds FP32 values of weights/biases that earlier passes changed
-        (bias correction, pre-calibration): the FP32 run and the rounding start use them."""
+        (bias correction, pre-calibration): the FP32 run and the rounding start use them.
+        ``learn_scale`` makes the per-channel weight steps learnable as well."""
         super().__init__()
         missing = unsupported_ops(block)
         if missing:
@@ -113,21 +148,21 @@ class TorchBlock(nn.Module):
                         self.fp32[value.name] = torch.from_numpy(
                             np.array(reference[value.name], np.float32)).to(device)
         biases = {b.weight: name for name, b in plan.biases.items()}
-        self.bias_scales: dict[str, torch.Tensor] = {}
+        self.bias_scales: dict[str, tuple[float, str]] = {}  # bias -> (s_input, weight)
+        self.weight_scales = {name: _per_axis(weight_qparams[name].scale, 1, 0).to(device)
+                              for name in (b.weight for b in plan.biases.values())
+                              if name in weight_qparams}
         for name, bias in plan.biases.items():
             if name in self.constants and bias.activation in activation_qparams:
-                scale = (float(activation_qparams[bias.activation].scale.reshape(-1)[0])
-                         * weight_qparams[bias.weight].scale.astype(np.float64).reshape(-1))
-                size = self.constants[name].numel()
-                if scale.size != size:  # grouped ConvTranspose: weight scales repeat per group
-                    scale = np.resize(scale, size)
-                self.bias_scales[name] = torch.from_numpy(scale.astype(np.float32)).to(device)
+                self.bias_scales[name] = (
+                    float(activation_qparams[bias.activation].scale.reshape(-1)[0]), bias.weight)
         for node in block.layers:
             weight = node.inputs[1]
             key = f"w{len(self.keys)}"
             self.keys[weight.name] = key
             start = reference.get(weight.name, weight.const_value.numpy())
-            self.rounding[key] = LearnedRoundingWeight(start, weight_qparams[weight.name])
+            self.rounding[key] = LearnedRoundingWeight(start, weight_qparams[weight.name],
+                                                       learn_scale)
             bias_name = biases.get(weight.name)
             if learn_bias and bias_name in self.constants:
                 self.keys[bias_name] = f"b{len(self.keys)}"
@@ -155,10 +190,19 @@ class TorchBlock(nn.Module):
         if not quantized:
             return self.fp32.get(value.name, self.constants[value.name])
         bias = self.biases[key] if key in self.biases else self.constants[value.name]
-        scale = self.bias_scales.get(value.name)
-        if scale is not None:  # int32 bias, scale s_input * s_weight, as emission writes it
+        if value.name in self.bias_scales:  # int32 bias, scale s_input * s_weight, as emitted
+            scale = self._bias_scale(value.name, bias.numel())
             bias = bias + (torch.round(bias / scale) * scale - bias).detach()
         return bias
+
+    def _bias_scale(self, name: str, size: int) -> torch.Tensor:
+        input_scale, weight = self.bias_scales[name]
+        key = self.keys.get(weight)
+        weight_scale = (self.rounding[key].scale if key in self.rounding
+                        else self.weight_scales[weight]).reshape(-1)
+        if weight_scale.numel() != size:  # grouped ConvTranspose: weight scales repeat per group
+            weight_scale = weight_scale.repeat(size // weight_scale.numel())
+        return (weight_scale.detach().double() * input_scale).float()  # as emission rounds it
 
     def forward(self, inputs: dict[str, torch.Tensor], quantized: bool, drop: float = 0.0,
                 stop: str | None = None) -> dict[str, torch.Tensor]:
@@ -179,13 +223,17 @@ class TorchBlock(nn.Module):
                 break
         return env
 
-    def learned(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Hard-rounded weights (dequantized, exactly on the grid) and learned biases."""
-        weights, biases = {}, {}
+    def learned(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                               dict[str, np.ndarray]]:
+        """Hard-rounded weights (dequantized, exactly on the grid), learned biases, and the
+        per-channel weight scales (flat, float32) those weights are on."""
+        weights, biases, scales = {}, {}, {}
         for name, key in self.keys.items():
             if key in self.rounding:
                 module = self.rounding[key]
-                weights[name] = (module.integers() * module.scale).detach().cpu().numpy()
+                scale = module.scale.detach().cpu()
+                weights[name] = (module.integers().cpu() * scale).numpy()
+                scales[name] = scale.reshape(-1).numpy()
             else:
                 biases[name] = self.biases[key].detach().cpu().numpy()
-        return weights, biases
+        return weights, biases, scales

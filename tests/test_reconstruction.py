@@ -95,13 +95,18 @@ def test_learned_rounding_beats_nearest_on_int4(small_cnn, tmp_path, method):
                                          for r in report.reconstruction if r["layers"])
 
 
-def test_write_back_puts_the_learned_integers_in_the_qdq_model(small_cnn):
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_write_back_puts_the_learned_integers_in_the_qdq_model(small_cnn, learn_scale):
     config = QuantConfig.from_preset("fast", weights="int4", rounding="brecq", iters=30)
     feeds = image_feeds(32)
     model, plan, qparams, weights = calibrated(small_cnn, config, feeds)
+    start = {name: params.scale.copy() for name, params in weights.items()}
     rounding = LearnedRoundingPass(plan, qparams, weights, feeds,
-                                   RoundingConfig(method="brecq", iters=30))
+                                   RoundingConfig(method="brecq", iters=30,
+                                                  learn_scale=learn_scale))
     assert rounding(model).modified
+    moved = [not np.array_equal(weights[name].scale, scale) for name, scale in start.items()]
+    assert any(moved) == learn_scale  # learned scales reach the emitted qparams
     learned = {name: model.graph.initializers[name].const_value.numpy().copy()
                for name in plan.weights}
     emitted = quantized_copy(model, config, qparams, weights)
@@ -123,6 +128,20 @@ def test_write_back_puts_the_learned_integers_in_the_qdq_model(small_cnn):
     output = model.graph.outputs[0].name
     expected = ort_outputs(emitted, [output], feed)[output]
     assert sqnr_db(expected, env[output].numpy()) > 45
+
+
+def test_spilling_the_caches_to_disk_gives_the_same_rounding(small_cnn):
+    config = QuantConfig.from_preset("fast", weights="int4")
+    feeds = image_feeds(32)
+    learned = []
+    for cache_mb in (None, 0):
+        model, plan, qparams, weights = calibrated(small_cnn, config, feeds)
+        LearnedRoundingPass(plan, qparams, weights, feeds,
+                            RoundingConfig(iters=20, cache_mb=cache_mb))(model)
+        learned.append({name: model.graph.initializers[name].const_value.numpy().copy()
+                        for name in plan.weights})
+    for name, value in learned[0].items():
+        np.testing.assert_array_equal(learned[1][name], value)
 
 
 def test_block_with_unknown_op_falls_back_to_nearest_with_a_note(tmp_path):
@@ -190,3 +209,17 @@ def test_reconstruction_on_random_crops_still_lowers_every_block_loss(small_cnn)
     rounding(model)
     trained = [r for r in rounding.reports if r.layers]
     assert trained and all(r.loss_learned < r.loss_nearest for r in trained)
+
+
+def test_weight_ranges_are_mse_clipped_under_learned_rounding_only(small_cnn, tmp_path):
+    assert QuantConfig().weight_range_observer == "minmax"
+    assert QuantConfig(rounding="brecq").weight_range_observer == "mse"
+    assert QuantConfig(rounding="brecq", weight_observer="minmax").weight_range_observer \
+        == "minmax"
+    config = QuantConfig.from_preset("fast", weights="int4", rounding="brecq", iters=5)
+    model, _, _, weights = calibrated(small_cnn, config, image_feeds(8))
+    clipped = [name for name, params in weights.items() if params.axis == 0
+               and np.any(params.scale.reshape(-1) * 7 < np.abs(
+                   model.graph.initializers[name].const_value.numpy()).reshape(
+                   params.scale.size, -1).max(axis=1) - 1e-6)]
+    assert clipped  # some channel's range is below its largest weight

@@ -8,6 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from onnxq.qparams import QParams
+from onnxq.torch_eval import ActivationQuant
 from onnxq.torch_ops import OPS, Unsupported, run_node
 
 RNG = np.random.default_rng(0)
@@ -102,3 +104,26 @@ def test_unknown_op_is_reported_not_crashed():
     node = ir.node("Softplus", [ir.Value(name="x")])
     with pytest.raises(Unsupported, match="Softplus"):
         run_node(node, [torch.zeros(2)])
+
+
+def test_activation_fake_quant_matches_onnx_qdq_and_passes_gradient_inside_the_grid():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 16, 16)).astype(np.float32) * 3
+    x.flat[:5] = [2.5 * 0.05, -1.5 * 0.05, 100.0, -100.0, 0.0]  # ties and far outside
+    quant = ActivationQuant(QParams(np.array(0.05, np.float32), np.array(130), "uint8"))
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 4, 16, 16] x) => (float[2, 4, 16, 16] y) {
+        s = Constant <value = float {0.05}> ()
+        z = Constant <value = uint8 {130}> ()
+        q = QuantizeLinear (x, s, z)
+        y = DequantizeLinear (q, s, z)
+    }"""
+    session = ort.InferenceSession(onnx.parser.parse_model(text).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    tensor = torch.from_numpy(x).requires_grad_()
+    got = quant(tensor)
+    np.testing.assert_array_equal(got.detach().numpy(), expected)
+    got.sum().backward()
+    inside = (x > (0 - 130 - 0.5) * 0.05) & (x < (255 - 130 + 0.5) * 0.05)
+    np.testing.assert_array_equal(tensor.grad.numpy(), inside.astype(np.float32))
