@@ -85,9 +85,10 @@ class _Writer:
         self.rows += part.shape[0]
 
     def _allocate(self, part: torch.Tensor) -> None:
-        nbytes = self.expected * part[0].nbytes
-        if self.store.reserve(nbytes):
+        if self.store.reserve(self.expected * part[0].nbytes):
             self.buffer = torch.empty((self.expected, *self.row_shape), dtype=part.dtype)
+        else:
+            self._spill()
 
     def _spill(self) -> None:
         self.path = self.store.new_path()

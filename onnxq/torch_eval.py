@@ -149,13 +149,12 @@ class TorchBlock(nn.Module):
                             np.array(reference[value.name], np.float32)).to(device)
         biases = {b.weight: name for name, b in plan.biases.items()}
         self.bias_scales: dict[str, tuple[float, str]] = {}  # bias -> (s_input, weight)
-        self.weight_scales = {name: _per_axis(weight_qparams[name].scale, 1, 0).to(device)
-                              for name in (b.weight for b in plan.biases.values())
-                              if name in weight_qparams}
         for name, bias in plan.biases.items():
             if name in self.constants and bias.activation in activation_qparams:
                 self.bias_scales[name] = (
                     float(activation_qparams[bias.activation].scale.reshape(-1)[0]), bias.weight)
+        self.weight_scales = {weight: _per_axis(weight_qparams[weight].scale, 1, 0).to(device)
+                              for _, weight in self.bias_scales.values()}
         for node in block.layers:
             weight = node.inputs[1]
             key = f"w{len(self.keys)}"
