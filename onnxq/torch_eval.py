@@ -225,14 +225,15 @@ class TorchBlock(nn.Module):
     def learned(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
                                dict[str, np.ndarray]]:
         """Hard-rounded weights (dequantized, exactly on the grid), learned biases, and the
-        per-channel weight scales (flat, float32) those weights are on."""
+        learned per-channel weight scales (flat, float32; only with ``learn_scale``)."""
         weights, biases, scales = {}, {}, {}
         for name, key in self.keys.items():
             if key in self.rounding:
                 module = self.rounding[key]
                 scale = module.scale.detach().cpu()
                 weights[name] = (module.integers().cpu() * scale).numpy()
-                scales[name] = scale.reshape(-1).numpy()
+                if module.log_gain is not None:
+                    scales[name] = scale.reshape(-1).numpy()
             else:
                 biases[name] = self.biases[key].detach().cpu().numpy()
         return weights, biases, scales
