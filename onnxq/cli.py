@@ -14,6 +14,7 @@ from onnxq.config import (
     ACTIVATION_TYPES,
     BIAS_CORRECTION,
     EQUALIZE,
+    LOSSES,
     PRESETS,
     ROUNDING,
     WEIGHT_OBSERVERS,
@@ -141,6 +142,9 @@ def main() -> None:
               help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
 @click.option("--learn-scale", is_flag=True,
               help="Reconstruction also learns the per-channel weight scales.")
+@click.option("--loss", type=click.Choice(LOSSES), default="mse", show_default=True,
+              help="Block reconstruction loss: output MSE, or MSE weighted by each output "
+                   "element's diagonal Fisher (brecq/qdrop).")
 @click.option("--cache-mb", type=int, default=2048, show_default=True,
               help="RAM for the reconstruction caches; beyond it they spill to temporary files.")
 @click.option("--precalibrate/--no-precalibrate", default=None,
@@ -153,8 +157,8 @@ def main() -> None:
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
              observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
-             bias_correction, refine_ranges, rounding, iters, learn_scale, cache_mb, precalibrate,
-             quantize_fragile, device, quiet) -> None:
+             bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
+             precalibrate, quantize_fragile, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -171,7 +175,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         preset, weights=weights, activations=activations, observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
         keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
-        learn_scale=learn_scale, cache_mb=cache_mb,
+        learn_scale=learn_scale, loss=loss, cache_mb=cache_mb,
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.demo import run_default

@@ -14,6 +14,7 @@ WEIGHT_OBSERVERS = ("auto", "minmax", "mse")
 EQUALIZE = ("none", "exact", "relu")
 BIAS_CORRECTION = ("empirical", "analytic", "none")
 ROUNDING = ("nearest", "adaround", "brecq", "qdrop")
+LOSSES = ("mse", "fisher")
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {"fuse": True, "equalize": "none", "bias_correction": "none",
              "refine_ranges": False},
@@ -41,6 +42,7 @@ class QuantConfig:
     rounding: str = "nearest"
     iters: int = 100
     learn_scale: bool = False
+    loss: str = "mse"
     cache_mb: int = 2048
     precalibrate: bool = False
     device: str = "cpu"
@@ -54,7 +56,8 @@ class QuantConfig:
                   ("device", self.device, ("cpu", "cuda")),
                   ("equalize", self.equalize, EQUALIZE),
                   ("bias_correction", self.bias_correction, BIAS_CORRECTION),
-                  ("rounding", self.rounding, ROUNDING)]
+                  ("rounding", self.rounding, ROUNDING),
+                  ("loss", self.loss, LOSSES)]
         for field, value, allowed in checks:
             if value not in allowed:
                 raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
@@ -63,6 +66,9 @@ class QuantConfig:
             raise OnnxqError("weight-only quantization (no calibration data) cannot refine "
                              "ranges, learn rounding or measure bias correction; use "
                              "--preset fast with --bias-correction analytic|none")
+        if self.loss == "fisher" and self.rounding not in ("brecq", "qdrop"):
+            raise OnnxqError("--loss fisher weights block outputs; use it with --rounding "
+                             "brecq or qdrop")
         if self.iters < 1:
             raise OnnxqError(f"--iters must be at least 1 (got {self.iters})")
         if self.cache_mb < 0:

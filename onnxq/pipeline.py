@@ -158,7 +158,8 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     if config.rounding != "nearest":  # starts from the corrected biases and refined ranges
         rounding = LearnedRoundingPass(plan, qparams, weight_params, data, RoundingConfig(
             method=config.rounding, iters=config.iters, learn_scale=config.learn_scale,
-            cache_mb=config.cache_mb, seed=config.seed, device=config.device),
+            fisher=config.loss == "fisher", cache_mb=config.cache_mb, seed=config.seed,
+            device=config.device),
             progress, reference)
         rounding(model)
         pass_names.append("LearnedRoundingPass")

@@ -213,6 +213,12 @@ def test_bad_iteration_count(small_cnn, npz, tmp_path):
                                  "--iters", 0, "-o", tmp_path / "x.onnx"), "--iters")
 
 
+def test_fisher_loss_needs_block_reconstruction(small_cnn, npz, tmp_path):
+    assert_one_line_error(invoke("quantize", small_cnn, "--calib", npz, "--rounding",
+                                 "adaround", "--loss", "fisher", "-o", tmp_path / "x.onnx"),
+                          "--loss fisher")
+
+
 def test_weight_only_without_calibration_data(small_cnn, tmp_path):
     out = tmp_path / "w4.onnx"
     result = invoke("quantize", small_cnn, "--calib", "none", "--weights", "int4", "-o", out,

@@ -223,3 +223,52 @@ def test_weight_ranges_are_mse_clipped_under_learned_rounding_only(small_cnn, tm
                    model.graph.initializers[name].const_value.numpy()).reshape(
                    params.scale.size, -1).max(axis=1) - 1e-6)]
     assert clipped  # some channel's range is below its largest weight
+
+
+def test_fisher_projection_covariance_is_the_softmax_kl_hessian():
+    from onnxq.fisher import _projection
+
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0]]).repeat(40000, 1)
+    r = _projection(logits, torch.Generator().manual_seed(0))
+    p = torch.softmax(logits[0], 0)
+    expected = torch.diag(p) - torch.outer(p, p)
+    np.testing.assert_allclose((r.T @ r / len(r)).numpy(), expected.numpy(), atol=6e-3)
+
+
+def test_fisher_weights_follow_the_output_sensitivity():
+    from onnxq.fisher import output_sensitivity
+    from onnxq.sample_store import SampleStore
+
+    # logits y = the first two channels of h = 3 x; h's last two channels never reach y
+    model = ir.from_proto(onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 2] y)
+        <float k = {3.0}, int64[1] starts = {0}, int64[1] ends = {2}, int64[1] axes = {1}> {
+            h = Mul(x, k)
+            y = Slice(h, starts, ends, axes)
+        }
+        """))
+    x = torch.randn(4000, 4, generator=torch.Generator().manual_seed(0))
+    store = SampleStore()
+    plan = annotate(model, QuantConfig.from_preset("fast"))
+    weights, means = output_sensitivity(model, plan, store.collect([{"x": x}]), ["h"], store,
+                                        500, "cpu", 0)
+    h = weights["h"].take(torch.arange(4000))
+    assert torch.all(h[:, 2:] == 0)
+    # E[g^2] = the softmax Hessian's diagonal p (1 - p), as dy/dh is the identity there
+    p = torch.softmax(3 * x[:, :2], dim=1)
+    assert float(h[:, 0].mean()) == pytest.approx(float((p[:, 0] * (1 - p[:, 0])).mean()),
+                                                  rel=0.1)
+    assert means["h"] == pytest.approx(float(h.mean()), rel=1e-5)
+
+
+def test_fisher_weighted_block_reconstruction_beats_nearest(small_cnn, tmp_path):
+    sqnr = {}
+    for rounding, loss in (("nearest", "mse"), ("brecq", "fisher")):
+        out = tmp_path / f"{rounding}.onnx"
+        config = QuantConfig.from_preset("fast", weights="int4", rounding=rounding, loss=loss,
+                                         iters=60)
+        quantize(small_cnn, out, image_feeds(64), config, quiet=True)
+        sqnr[rounding] = compare(load_model(small_cnn), load_model(out),
+                                 image_feeds(64, seed=1)).outputs[0].sqnr_db
+    assert sqnr["brecq"] > sqnr["nearest"] + 1.0
