@@ -105,7 +105,8 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
                 fields = {**ROWS[row], **_settings(settings)}
                 config = QuantConfig.from_preset(fields.pop("preset"), weights=weights,
                                                  activations=activations, iters=iters,
-                                                 samples=samples, device=device, **fields)
+                                                 samples=samples, device=device,
+                                                 min_cosine=-1, **fields)  # keep every row
                 path = out_dir / f"lite0.{row.replace(' ', '_').replace('+', '-')}.onnx"
                 start = time.perf_counter()
                 quantize(fp32, path, calib, config, quiet=True)

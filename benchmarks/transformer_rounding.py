@@ -34,7 +34,7 @@ def main() -> None:
             for row, fields in ROWS.items():
                 fields = dict(fields)
                 config = QuantConfig.from_preset(fields.pop("preset"), weights="int4",
-                                                 samples=128, **fields)
+                                                 samples=128, min_cosine=-1, **fields)
                 out = Path(tmp) / "q.onnx"
                 start = time.perf_counter()
                 report = quantize(fp32, out, calib, config, quiet=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxq.config import QuantConfig
@@ -55,6 +56,9 @@ class Annotator:
         """Quantize constant input ``index`` per channel along ``axis`` (None: per tensor)."""
         value = node.inputs[index]
         if value is None or not value.is_initializer() or value.dtype != ir.DataType.FLOAT:
+            return False
+        if not np.isfinite(value.const_value.numpy()).all():
+            self.plan.float_nodes[node.name] = "weight holds inf/nan: runs in float"
             return False
         rank = len(value.const_value.shape)
         if axis is not None and axis >= rank:

@@ -10,11 +10,13 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.config import QuantConfig
-from onnxq.data import Limited
+from onnxq.data import Limited, model_inputs, random_feed
 from onnxq.errors import OnnxqError
 from onnxq.model_io import load_model, save_model
+from onnxq.output_check import check_written
 from onnxq.pipeline import QuantReport, check_reiterable, quantize_model
 from onnxq.progress import Progress
+from onnxq.tempfiles import remove_stale
 
 
 def default_output(model_path: str | os.PathLike, config: QuantConfig) -> Path:
@@ -46,13 +48,38 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
     model_path = Path(model_path)
     output_path = Path(output_path) if output_path else default_output(model_path, config)
     check_output_path(model_path, output_path)
+    remove_stale()  # what killed runs left in the temporary folder
+    remove_stale(output_path.parent)  # and beside their outputs
     check_reiterable(calibration, config)
     if model is None:
         model = load_model(model_path)
     total = len(calibration) if hasattr(calibration, "__len__") else config.samples
     if config.samples is not None and total is not None:
         total = min(total, config.samples)
-    data = None if calibration is None else Limited(calibration, config.samples)
+    data = None if calibration is None else Remembered(Limited(calibration, config.samples))
+    inputs = model_inputs(model)
     report = quantize_model(model, data, config, Progress(quiet), total=total)
-    save_model(model, output_path)
+
+    def verify(written: Path) -> None:
+        feed = data.first if data is not None else None
+        if feed is None:
+            feed = random_feed(np.random.default_rng(config.seed), inputs, dynamic=32)
+        report.output_cosine = check_written(model_path, written, feed, config.min_cosine,
+                                             config.device, random=data is None)
+
+    save_model(model, output_path, verify)
     return report
+
+
+class Remembered:
+    """A feed source that keeps its first feed (for the check of the written model)."""
+
+    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]]):
+        self.feeds = feeds
+        self.first: dict[str, np.ndarray] | None = None
+
+    def __iter__(self):
+        for feed in self.feeds:
+            if self.first is None:
+                self.first = dict(feed)
+            yield feed

@@ -7,6 +7,7 @@ memory does not grow with the number of samples.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import values_by_name
 from onnxq.observers import ChannelMeanObserver, MinMaxObserver, make_observer
 from onnxq.progress import Progress
-from onnxq.runtime import make_session
+from onnxq.runtime import make_session, run
 from onnxq.spec import QuantPlan
 
 
@@ -25,8 +26,8 @@ def batches(feeds: Iterable[Feed], inputs: Sequence[InputSpec], size: int) -> It
     """Concatenate consecutive same-shaped samples along a dynamic batch dim."""
     batchable = size > 1 and all(spec.shape and spec.shape[0] is None for spec in inputs)
     pending: list[Feed] = []
-    for feed in feeds:
-        check_feed(feed, inputs)
+    for index, feed in enumerate(feeds):
+        check_feed(feed, inputs, index)
         if not batchable:
             yield feed
             continue
@@ -67,7 +68,7 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
     count = 0
     for feed in progress(batches(data, inputs, batch_size), stage,
                          total=None if total is None else -(-total // max(batch_size, 1))):
-        yield dict(zip(names, session.run(list(names), feed), strict=True))
+        yield dict(zip(names, run(session, list(names), feed), strict=True))
         count += 1
     if count == 0:
         raise OnnxqError("calibration data is empty; pass --calib with at least one sample")
@@ -107,4 +108,11 @@ def calibrate(model: ir.Model, plan: QuantPlan, data: Iterable[Feed], *, device:
                                   progress=progress, total=total):
         for name, array in outputs.items():
             observers[plan.group(name)].update(array)
+    skipped = {root: o.nonfinite for root, o in observers.items() if o.nonfinite}
+    if skipped:
+        worst = sorted(skipped.items(), key=lambda item: -item[1])[:3]
+        warnings.warn(f"the model computes inf/nan on the calibration data: "
+                      f"{sum(skipped.values())} non-finite values in {len(skipped)} tensors "
+                      f"were left out of their ranges (most in "
+                      f"{', '.join(f'{n} ({c})' for n, c in worst)})", stacklevel=2)
     return observers

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -29,14 +31,24 @@ def _echo_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: unwind so that temporary files are removed on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def _one_line_errors(func):
     """Report OnnxqError (and anything unexpected) as one line with a non-zero exit.
 
-    Python warnings are printed as one ``warning:`` line too.
+    Python warnings are printed as one ``warning:`` line too.  SIGTERM unwinds like
+    Ctrl-C, so temporary files are removed and nothing is left at the output path.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _echo_warning
@@ -44,9 +56,14 @@ def _one_line_errors(func):
         except OnnxqError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            sys.exit(130)
+        except (KeyboardInterrupt, Terminated) as exc:
+            click.echo(f"error: {'terminated' if isinstance(exc, Terminated) else 'interrupted'};"
+                       " nothing was written", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except MemoryError:
+            click.echo("error: out of memory; use fewer --samples, a smaller --cache-mb, or a "
+                       "machine with more memory", err=True)
+            sys.exit(2)
         except Exception as exc:  # a bug: still one line, traceback on request
             if os.environ.get("ONNXQ_DEBUG"):
                 raise
@@ -54,16 +71,22 @@ def _one_line_errors(func):
             click.echo(f"error: internal error ({type(exc).__name__}: {first}); "
                        "rerun with ONNXQ_DEBUG=1 for the traceback", err=True)
             sys.exit(1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
 
-def _floats(text: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in text.split(","))
+def _floats(option: str, text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if len(values) == 1:
         values = values * 3
-    if len(values) != 3:
-        raise click.BadParameter("give one value or three comma-separated values")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise OnnxqError(f"{option} takes one number or three comma-separated numbers "
+                         f"(R,G,B); got {text!r}")
     return values
 
 
@@ -90,13 +113,33 @@ def _image_options(func):
 def _make_image_options(size, resize, mean, std, bgr, layout):
     from onnxq.sources import ImageOptions
 
-    try:
-        return ImageOptions(size, resize, _floats(mean), _floats(std), bgr, layout)
-    except ValueError:
-        raise OnnxqError(f"--mean/--std must be numbers (got {mean!r}, {std!r})") from None
+    divisors = _floats("--std", std)
+    if min(divisors) <= 0:
+        raise OnnxqError(f"--std must be positive (got {std!r}): it divides the pixel values")
+    for name, value in (("--size", size), ("--resize", resize)):
+        if value is not None and value < 1:
+            raise OnnxqError(f"{name} must be at least 1 (got {value})")
+    return ImageOptions(size, resize, _floats("--mean", mean), divisors, bgr, layout)
 
 
-@click.group()
+class OneLineGroup(click.Group):
+    """A command group whose usage errors (bad option, MODEL is a folder, ...) are one
+    ``error:`` line, like every other error."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            hint = f" (see onnxq {exc.ctx.info_name} --help)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=OneLineGroup)
 @click.version_option(package_name="onnxq")
 def main() -> None:
     """onnxq: post-training quantization of ONNX graphs to QDQ models."""
@@ -152,13 +195,16 @@ def main() -> None:
                    "rounding); on by default with --calib none.")
 @click.option("--quantize-fragile", is_flag=True,
               help="Also quantize LayerNorm/GELU/softmax chains (kept float by default).")
+@click.option("--min-cosine", type=float, default=0.5, show_default=True,
+              help="Refuse (write nothing) when the written model's output cosine to FP32 on "
+                   "a calibration sample is lower; -1 keeps any finite model.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars or notes.")
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
              observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
              bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
-             precalibrate, quantize_fragile, device, quiet) -> None:
+             precalibrate, quantize_fragile, min_cosine, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -175,7 +221,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         preset, weights=weights, activations=activations, observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
         keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
-        learn_scale=learn_scale, loss=loss, cache_mb=cache_mb,
+        learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.demo import run_default
@@ -191,8 +237,11 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         size, resize, mean, std, bgr, layout), samples, seed)
     out = Path(output) if output else default_output(Path(model), config)
     report = quantize_file(model, out, source, config, quiet=quiet, model=loaded)
+    checked = ("" if report.output_cosine is None or math.isnan(report.output_cosine)
+               else f"; ORT runs it, output cosine to FP32 {report.output_cosine:.4f}")
     click.echo(f"wrote {out}: {report.quantized_weights} weights and "
-               f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s")
+               f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s"
+               f"{checked}")
     if report.float_nodes and not quiet:
         click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
 
@@ -233,8 +282,8 @@ def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, sample
                    f"quantized {result.top1_quantized:.4f}")
     feed = next(iter(source))
     click.echo(f"  latency (batch 1, {threads} thread(s)): FP32 "
-               f"{latency_ms(fp32, feed, threads):.2f} ms, quantized "
-               f"{latency_ms(quantized, feed, threads):.2f} ms")
+               f"{latency_ms(reference, feed, threads):.2f} ms, quantized "
+               f"{latency_ms(candidate, feed, threads):.2f} ms")
 
 
 @main.command()
@@ -243,6 +292,8 @@ def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, sample
 def inspect(model) -> None:
     """Op counts, what is quantized and what is not (with the reason), size."""
     from onnxq.inspect_model import summarize
-    from onnxq.model_io import load_model
+    from onnxq.model_io import check_model, load_model
 
-    click.echo(summarize(load_model(model), Path(model)))
+    loaded = load_model(model)
+    check_model(loaded, model)
+    click.echo(summarize(loaded, Path(model)))

@@ -47,6 +47,7 @@ class QuantConfig:
     precalibrate: bool = False
     device: str = "cpu"
     batch_size: int = 8
+    min_cosine: float = 0.5
 
     def __post_init__(self) -> None:
         checks = [("weights", self.weights, WEIGHT_TYPES),
@@ -66,6 +67,9 @@ class QuantConfig:
             raise OnnxqError("weight-only quantization (no calibration data) cannot refine "
                              "ranges, learn rounding or measure bias correction; use "
                              "--preset fast with --bias-correction analytic|none")
+        if self.activations in ("int4", "uint4") and self.weights != "int4":
+            raise OnnxqError(f"--activations {self.activations} needs --weights int4: runtimes "
+                             "have no kernel that mixes 4-bit activations with 8-bit weights")
         if self.loss == "fisher" and self.rounding not in ("brecq", "qdrop"):
             raise OnnxqError("--loss fisher weights block outputs; use it with --rounding "
                              "brecq or qdrop")
@@ -73,6 +77,10 @@ class QuantConfig:
             raise OnnxqError(f"--iters must be at least 1 (got {self.iters})")
         if self.cache_mb < 0:
             raise OnnxqError(f"--cache-mb must be 0 or more (got {self.cache_mb})")
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise OnnxqError(f"--min-cosine must lie in [-1, 1] (got {self.min_cosine})")
+        if self.seed < 0:
+            raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:
             raise OnnxqError(f"--samples must be at least 1 (got {self.samples})")
 

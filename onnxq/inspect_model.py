@@ -35,6 +35,9 @@ def summarize(model: ir.Model, path: Path) -> str:
     if reasons:
         lines.append("not quantized:")
         lines.extend(f"  {name}: {why}" for name, why in sorted(reasons.items()))
+    if report.get("widened_for_bias"):
+        lines.append(f"weight scales widened so int32 biases fit: "
+                     f"{', '.join(report['widened_for_bias'])}")
     if report.get("passes"):
         lines.append("passes: " + " -> ".join(report["passes"]))
     return "\n".join(lines)

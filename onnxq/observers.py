@@ -17,14 +17,26 @@ from onnxq.numerics import QType, choose_qparams
 OBSERVERS = ("minmax", "percentile", "mse", "entropy")
 
 
+def finite(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """The finite values of ``x`` (flattened when any are not) and how many were dropped."""
+    mask = np.isfinite(x)
+    if mask.all():
+        return x, 0
+    return x[mask], int(x.size - np.count_nonzero(mask))
+
+
 class MinMaxObserver:
-    """Running minimum and maximum."""
+    """Running minimum and maximum of the finite values; ``nonfinite`` counts the others
+    (inf/nan never widen a range)."""
 
     def __init__(self) -> None:
         self.lo, self.hi = math.inf, -math.inf
+        self.nonfinite = 0
 
     def update(self, x: np.ndarray) -> None:
         """Fold one batch into the running range."""
+        x, dropped = finite(x)
+        self.nonfinite += dropped
         if x.size:
             self.lo = min(self.lo, float(x.min()))
             self.hi = max(self.hi, float(x.max()))
@@ -51,8 +63,8 @@ class HistogramObserver(MinMaxObserver):
 
     def update(self, x: np.ndarray) -> None:
         """Fold one batch into the histogram, widening bins when the range grows."""
-        x = x.ravel()
-        x = x[np.isfinite(x)]
+        x, dropped = finite(x.ravel())
+        self.nonfinite += dropped
         if not x.size:
             return
         super().update(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -12,6 +13,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import (
     LiftConstantsToInitializersPass,
     NameFixPass,
+    RemoveInitializersFromInputsPass,
     RemoveUnusedNodesPass,
     TopologicalSortPass,
 )
@@ -21,11 +23,13 @@ from onnxq.calibration import calibrate, channel_means, collect_outputs
 from onnxq.config import QuantConfig
 from onnxq.data import Feed, Limited
 from onnxq.errors import OnnxqError
+from onnxq.model_io import check_model
 from onnxq.passes import (
     AnalyticBiasCorrectionPass,
     CrossLayerEqualizationPass,
     EmitQDQPass,
     EmpiricalBiasCorrectionPass,
+    Float16ToFloat32Pass,
     FoldConstantsPass,
     FuseBatchNormPass,
     FuseMatMulAddPass,
@@ -37,11 +41,12 @@ from onnxq.passes import (
     RefineActivationRangesPass,
     TolerantShapeInferencePass,
 )
-from onnxq.passes.emit_qdq import dequantized_name
+from onnxq.passes.emit_qdq import dequantized_outputs
 from onnxq.progress import Progress
-from onnxq.qparams import resolve_activations, resolve_weights
+from onnxq.qparams import QParams, fit_int32_biases, resolve_activations, resolve_weights
 from onnxq.reconstruction import RoundingConfig
 from onnxq.simulate import quantized_copy
+from onnxq.spec import QuantPlan
 
 VERSION = "0.1.0"
 
@@ -57,15 +62,52 @@ class QuantReport:
     calibration_samples: int | None
     seconds: float
     reconstruction: list[dict] = dataclasses.field(default_factory=list)
+    widened_for_bias: list[str] = dataclasses.field(default_factory=list)
+    """Weights whose scales were widened so that their int32 biases fit."""
+    output_cosine: float | None = None
 
-    def to_json(self) -> str:
-        """The report as JSON (also stored in the model's metadata)."""
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+    def to_json(self, stored: bool = False) -> str:
+        """The report as JSON; ``stored=True`` gives the copy kept in the model's metadata:
+        no timings (one seed gives the same bytes) and no check of the written file."""
+        data = dataclasses.asdict(self)
+        if stored:
+            data.pop("seconds")
+            data.pop("output_cosine")
+            for block in data["reconstruction"]:
+                block.pop("seconds", None)
+        return json.dumps(data, indent=1, sort_keys=True)
+
+
+def run_passes(passes: list[ir.passes.PassBase], model: ir.Model) -> None:
+    """Run ``passes`` in order; a pass's OnnxqError reaches the user as it is."""
+    try:
+        ir.passes.PassManager(passes)(model)
+    except ir.passes.PassError as exc:
+        cause = exc.__cause__
+        while isinstance(cause, ir.passes.PassError):  # the pass manager nests its errors
+            cause = cause.__cause__
+        if isinstance(cause, OnnxqError):
+            raise cause from None
+        raise
+
+
+def normalize(model: ir.Model) -> None:
+    """Put the graph in the form every later pass assumes, then check it: nodes in
+    topological order, no initializer listed as an input (older exports' weights-as-inputs
+    would stay inputs of the quantized model), ``onnx.checker`` clean."""
+    try:
+        run_passes([TopologicalSortPass(), RemoveInitializersFromInputsPass()], model)
+    except ir.passes.PassError as exc:
+        reason = str(exc.__cause__ or exc).splitlines()[0][:160]
+        raise OnnxqError(f"the graph cannot be put in topological order ({reason}); it has a "
+                         "cycle or a broken edge: fix or re-export the model") from None
+    check_model(model, "the model")
 
 
 def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
     """FP32 passes run before annotation: clean-up, fusion, equalization."""
     passes: list[ir.passes.PassBase] = [
+        Float16ToFloat32Pass(),
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         FoldConstantsPass(),
     ]
@@ -79,11 +121,13 @@ def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
 
 
 def prepare(model: ir.Model, config: QuantConfig) -> list[str]:
-    """Run the FP32 passes (and any needed opset upgrade) in place; return their names."""
+    """Normalize and check the graph, then run the FP32 passes (and any needed opset
+    upgrade) in place; return their names."""
+    normalize(model)
     passes = prepare_passes(config)
     if model.opset_imports.get("", 1) < config.required_opset:
         passes.insert(0, OpsetUpgradePass(config.required_opset))
-    ir.passes.PassManager(passes)(model)
+    run_passes(passes, model)
     return [type(p).__name__ for p in passes]
 
 
@@ -98,6 +142,31 @@ def _activation_samples(model: ir.Model, names: list[str], data: Iterable[Feed],
                            batch_size=config.batch_size)
 
 
+def runtime_safe(config: QuantConfig) -> QuantConfig:
+    """``config`` with known ONNX Runtime problems worked around, each said in a warning."""
+    if config.activations == "int4":
+        warnings.warn("ONNX Runtime's fused QDQ kernels compute signed int4 activations wrongly "
+                      "(output cosine to FP32 0.26 fused vs 0.996 unfused, ORT 1.32); emitting "
+                      "uint4 activations (16 levels, asymmetric) instead", stacklevel=3)
+        return dataclasses.replace(config, activations="uint4")
+    return config
+
+
+def _fit_biases(model: ir.Model, plan: QuantPlan, activations: dict[str, QParams],
+                weights: dict[str, QParams], record: set[str]) -> dict[str, QParams]:
+    """Weight qparams under which every int32 bias fits (widened where one would overflow;
+    the widened weights are added to ``record``)."""
+    fitted, widened = fit_int32_biases(model, plan, activations, weights)
+    record.update(widened)
+    shared = [name for name, coarsened in widened.items() if coarsened]
+    if shared:
+        warnings.warn(f"int32 biases would overflow (large bias, tiny input and weight scales):"
+                      f" widened the shared weight scales of {len(shared)} layer(s) so they "
+                      f"fit, coarsening their other channels ({', '.join(shared[:3])})",
+                      stacklevel=3)
+    return fitted
+
+
 def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
     """Refuse a one-shot iterator when the configured passes read the data more than once."""
     multi_pass = (config.refine_ranges or config.bias_correction == "empirical"
@@ -108,17 +177,21 @@ def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
                          "source (or use --preset fast)")
 
 
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")
 def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantConfig,
                    progress: Progress | None = None, total: int | None = None) -> QuantReport:
     """Quantize ``model`` in place with calibration ``data``; return the run's report.
 
-    ``data`` may be None for weight-only quantization (``activations="none"``).
+    ``data`` may be None for weight-only quantization (``activations="none"``).  numpy's
+    overflow warnings are silenced: extreme weights overflow float32 squares, and the check
+    of the written model (``onnxq.output_check``) judges what comes out.
     """
     progress = progress or Progress(quiet=True)
     if data is None and config.needs_data:
         raise OnnxqError("missing calibration data: quantized activations need --calib "
                          "(or use --calib none for weight-only quantization)")
     check_reiterable(data, config)
+    config = runtime_safe(config)
     start = time.perf_counter()
     pass_names = prepare(model, config)
     plan = annotate(model, config)
@@ -130,24 +203,27 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     qparams = resolve_activations(plan, calibrate(model, plan, data, **stream)
                                   if config.needs_data else {})
     weight_params = resolve_weights(model, plan)
+    widened: set[str] = set()
     reference = ({name: model.graph.initializers[name].const_value.numpy().copy()
                   for name in [*plan.weights, *plan.biases] if name in model.graph.initializers}
                  if config.rounding != "nearest" else None)  # FP32 values for reconstruction
     if config.precalibrate:
         PreCalibrateWeightsPass(plan, weight_params)(model)
         pass_names.append("PreCalibrateWeightsPass")
-    if config.refine_ranges:
+    if config.refine_ranges and qparams:
         samples = _activation_samples(model, sorted(qparams), data, config)
         RefineActivationRangesPass(plan, qparams, samples)(model)
         pass_names.append("RefineActivationRangesPass")
+    weight_params = _fit_biases(model, plan, qparams, weight_params, widened)
     if config.bias_correction == "empirical":
         inputs = sorted({bias.activation for bias in plan.biases.values()} & set(qparams))
 
         def measure(current: ir.Model) -> dict[str, np.ndarray]:
-            means = channel_means(quantized_copy(current, config, qparams, weight_params),
-                                  [dequantized_name(name) for name in inputs], data,
+            copy = quantized_copy(current, config, qparams, weight_params)
+            dequantized = dequantized_outputs(copy)
+            means = channel_means(copy, [dequantized[name] for name in inputs], data,
                                   stage="bias correction", **stream)
-            return {name: means[dequantized_name(name)] for name in inputs}
+            return {name: means[dequantized[name]] for name in inputs}
 
         EmpiricalBiasCorrectionPass(plan, weight_params, measure)(model)
         pass_names.append("EmpiricalBiasCorrectionPass")
@@ -164,6 +240,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         rounding(model)
         pass_names.append("LearnedRoundingPass")
         reconstruction = [dataclasses.asdict(r) for r in rounding.reports]
+    weight_params = _fit_biases(model, plan, qparams, weight_params, widened)
     EmitQDQPass(plan, qparams, weight_params)(model)
     pass_names.append("EmitQDQPass")
     report = QuantReport(
@@ -174,8 +251,9 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         calibration_samples=total,
         seconds=round(time.perf_counter() - start, 2),
         reconstruction=reconstruction,
+        widened_for_bias=sorted(widened),
     )
     model.metadata_props["onnxq.version"] = VERSION
     model.metadata_props["onnxq.config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    model.metadata_props["onnxq.report"] = report.to_json()
+    model.metadata_props["onnxq.report"] = report.to_json(stored=True)
     return report

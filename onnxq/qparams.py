@@ -55,3 +55,40 @@ def resolve_activations(plan: QuantPlan, observers: dict[str, MinMaxObserver]
         for name in members:
             resolved[name] = QParams(scale, zp, spec.qtype)
     return resolved
+
+
+INT32_HEADROOM = 2.0 ** 30
+"""The largest |bias / (s_input * s_weight)| kept: half of int32, room for bias correction."""
+
+
+def fit_int32_biases(model: ir.Model, plan: QuantPlan, activations: dict[str, QParams],
+                     weights: dict[str, QParams]) -> tuple[dict[str, QParams], dict[str, bool]]:
+    """Weight qparams widened where an int32 bias would overflow (``s_w >= |b| / (s_in *
+    2^30)`` per channel; ``weights`` is not changed), and for each widened weight whether
+    the widening reached channels that did not need it (a scale shared across channels).
+
+    Widening one channel's own scale costs nothing that matters: the weight rounding error
+    it adds is at most ``fan_in * 255 / 2^31`` of that channel's bias, which dominates its
+    output (the dead channels of trained CNNs: weights ~1e-9, biases ~1)."""
+    fitted = dict(weights)
+    widened: dict[str, bool] = {}
+    for name, bias in plan.biases.items():
+        act, weight = activations.get(bias.activation), fitted.get(bias.weight)
+        value = model.graph.initializers.get(name)
+        if act is None or weight is None or value is None or value.const_value is None:
+            continue
+        need = np.abs(value.const_value.numpy().astype(np.float64)) / (
+            float(act.scale.reshape(-1)[0]) * INT32_HEADROOM)
+        scale = weight.scale.astype(np.float64).reshape(-1)
+        shared = scale.size != need.size
+        if scale.size == 1:
+            need = need.max(keepdims=True)
+        elif shared:  # grouped ConvTranspose: scales repeat per group
+            need = need.reshape(-1, scale.size).max(axis=0)
+        if np.all(scale >= need):
+            continue
+        new = np.maximum(scale, need)
+        widened[bias.weight] = widened.get(bias.weight, False) or shared
+        fitted[bias.weight] = dataclasses.replace(
+            weight, scale=new.astype(np.float32).reshape(weight.scale.shape))
+    return fitted, widened

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import tempfile
+import re
 import warnings
-from pathlib import Path
 
 import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxq.errors import OnnxqError
-from onnxq.model_io import EXTERNAL_DATA_THRESHOLD, model_nbytes
+from onnxq.model_io import EXTERNAL_DATA_THRESHOLD, external_folder, model_nbytes, to_proto
+from onnxq.tempfiles import TempDir
+
+ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in (
+    "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+    "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name))
+"""What ONNX Runtime raises for a model or input it cannot handle."""
+
+_SOURCE_LOCATION = re.compile(r"\S+\.(?:cc|h|cpp):\d+ (?:[^()]*\([^()]*\) )?")
+"""ORT's C++ source location (and function signature) before a message."""
+
+ort.set_default_logger_severity(4)  # errors reach the user as one line, not as ORT's log
 
 
 def _torch_has_cuda() -> bool:
@@ -45,7 +56,7 @@ def session_options(threads: int = 0, optimize: bool = True) -> ort.SessionOptio
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
@@ -53,25 +64,48 @@ def session_options(threads: int = 0, optimize: bool = True) -> ort.SessionOptio
 
 def make_session(model: ir.Model, device: str = "cpu", threads: int = 0,
                  optimize: bool = True) -> ort.InferenceSession:
-    """An ORT session on an in-memory model (saved with external data when large)."""
-    options = session_options(threads, optimize)
-    provider_list = providers(device)
-    try:
-        if model_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
-            data = ir.to_proto(model).SerializeToString()
-            return ort.InferenceSession(data, options, providers=provider_list)
-        with tempfile.TemporaryDirectory(prefix="onnxq-session-") as tmp:
-            path = Path(tmp) / "model.onnx"
+    """An ORT session on an in-memory model.
+
+    Weights still in the model's external data are read by ORT from their folder; a model
+    whose in-memory weights are large is saved to a temporary folder first.
+    """
+    if model_nbytes(model, external=False) > EXTERNAL_DATA_THRESHOLD:
+        with TempDir("session") as tmp:
+            path = tmp / "model.onnx"
             ir.save(model, path, external_data="model.onnx.data")
-            return ort.InferenceSession(str(path), options, providers=provider_list)
-    except (ort.capi.onnxruntime_pybind11_state.Fail,
-            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:
+            return open_session(str(path), device, threads, optimize)
+    folder = external_folder(model)
+    config = {} if folder is None else {
+        "session.model_external_initializers_file_folder_path": folder}
+    return open_session(to_proto(model).SerializeToString(), device, threads, optimize, config)
+
+
+def open_session(source: bytes | str, device: str = "cpu", threads: int = 0,
+                 optimize: bool = True, config: dict[str, str] | None = None
+                 ) -> ort.InferenceSession:
+    """An ORT session on a serialized model or a model file, with one-line errors; when
+    ORT's QDQ graph optimizer fails (not the model), optimizations are turned off."""
+    options = session_options(threads, optimize)
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    try:
+        return ort.InferenceSession(source, options, providers=providers(device))
+    except ORT_ERRORS as exc:
         reason = str(exc).splitlines()[0].split(" : ")[-1]
         if optimize and "qdq_transformer" in reason:  # ORT's QDQ optimizer, not the model
             warnings.warn(f"ONNX Runtime's QDQ graph optimizer failed ({reason}); running "
                           "this model with graph optimizations off", stacklevel=2)
-            return make_session(model, device, threads, optimize=False)
-        raise OnnxqError(f"ONNX Runtime cannot load the model ({reason}); calibration needs a "
-                         "model ORT runs: register custom-op libraries or export standard ops"
+            return open_session(source, device, threads, False, config)
+        raise OnnxqError(f"ONNX Runtime cannot load the model ({reason}); onnxq needs a model "
+                         "ORT runs: register custom-op libraries or export standard ops"
                          ) from None
+
+def run(session: ort.InferenceSession, names: list[str] | None, feed: dict) -> list:
+    """``session.run`` with ORT's run-time failures (allocation, shape errors) as one line."""
+    try:
+        return session.run(names, feed)
+    except ORT_ERRORS as exc:
+        reason = " ".join(str(exc).split()).split("Status Message: ")[-1].split(" : ")[-1]
+        reason = _SOURCE_LOCATION.sub("", reason)[:200]
+        raise OnnxqError(f"ONNX Runtime failed running the model on the data ({reason}); "
+                         "check that the data fits the model (shapes, value ranges)") from None

@@ -8,7 +8,6 @@ so memory stays bounded whatever the number of samples.
 
 from __future__ import annotations
 
-import tempfile
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from onnxq.errors import OnnxqError
+from onnxq.tempfiles import TempDir
 
 
 class Stored:
@@ -125,7 +125,7 @@ class SampleStore:
         self.directory = directory
         self.used = 0
         self.spilled = 0
-        self._folder: tempfile.TemporaryDirectory | None = None
+        self._folder: TempDir | None = None
 
     def reserve(self, nbytes: int) -> bool:
         """Count ``nbytes`` as held in memory if they fit the budget."""
@@ -141,10 +141,9 @@ class SampleStore:
     def new_path(self) -> Path:
         """A fresh file in the store's temporary folder."""
         if self._folder is None:
-            self._folder = tempfile.TemporaryDirectory(prefix="onnxq-samples-",
-                                                       dir=self.directory)
+            self._folder = TempDir("samples", self.directory)
         self.spilled += 1
-        return Path(self._folder.name) / f"{self.spilled}.bin"
+        return self._folder.path / f"{self.spilled}.bin"
 
     def collect(self, batches: Iterable[dict[str, torch.Tensor]], rows: int | None = None
                 ) -> dict[str, Stored]:

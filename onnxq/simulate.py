@@ -13,6 +13,6 @@ from onnxq.qparams import QParams
 def quantized_copy(model: ir.Model, config: QuantConfig, activation_qparams: dict[str, QParams],
                    weight_qparams: dict[str, QParams]) -> ir.Model:
     """A copy of ``model`` with the Q/DQ nodes emission would write now; ``model`` is untouched."""
-    copy = ir.from_proto(ir.to_proto(model))
+    copy = model.clone()
     EmitQDQPass(annotate(copy, config), activation_qparams, weight_qparams)(copy)
     return copy

@@ -13,10 +13,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxq.data import Feed
+from onnxq.data import Feed, check_feed, model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.progress import Progress
-from onnxq.runtime import make_session, session_options
+from onnxq.runtime import make_session, open_session, run, session_options
 
 
 @dataclasses.dataclass
@@ -89,12 +89,18 @@ def compare(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed],
         raise OnnxqError("the two models have different outputs; compare a model with its "
                          "own quantized version")
     accumulators = {name: _Accumulator() for name in names}
+    inputs = model_inputs(fp32)
     count = 0
     for i, feed in enumerate(progress(data, "validate", total=total)):
-        ref_out = ref_session.run(names, feed)
-        q_out = q_session.run(names, feed)
+        check_feed(feed, inputs, i, role="validation")
+        ref_out = run(ref_session, names, feed)
+        q_out = run(q_session, names, feed)
         batch_labels = [labels[i]] if labels is not None else None
         for name, r, q in zip(names, ref_out, q_out, strict=True):
+            if r.shape != q.shape:
+                raise OnnxqError(f"output '{name}' has shape {list(q.shape)} in the quantized "
+                                 f"model and {list(r.shape)} in FP32; compare a model with "
+                                 "its own quantized version")
             accumulators[name].update(r, q, batch_labels)
         count += 1
     if count == 0:
@@ -118,13 +124,10 @@ def _sqnr(a: _Accumulator) -> float:
 def latency_ms(model: ir.Model | str, feed: Feed, threads: int = 1, runs: int = 50,
                warmup: int = 5) -> float:
     """Median single-batch latency on ORT CPU with ``threads`` intra-op threads."""
-    if isinstance(model, str):
-        session = ort.InferenceSession(model, session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-    else:
-        session = make_session(model, "cpu", threads=threads)
+    session = (open_session(model, "cpu", threads) if isinstance(model, str)
+               else make_session(model, "cpu", threads=threads))
     for _ in range(warmup):
-        session.run(None, feed)
+        run(session, None, feed)
     times = []
     for _ in range(runs):
         start = time.perf_counter()

@@ -3,6 +3,7 @@
 from onnxq.passes.bias_correction import AnalyticBiasCorrectionPass, EmpiricalBiasCorrectionPass
 from onnxq.passes.cross_layer_equalization import CrossLayerEqualizationPass
 from onnxq.passes.emit_qdq import EmitQDQPass
+from onnxq.passes.float16_to_float32 import Float16ToFloat32Pass
 from onnxq.passes.fold_constants import FoldConstantsPass
 from onnxq.passes.fuse_batchnorm import FuseBatchNormPass
 from onnxq.passes.fuse_matmul_add import FuseMatMulAddPass
@@ -19,6 +20,7 @@ __all__ = [
     "CrossLayerEqualizationPass",
     "EmitQDQPass",
     "EmpiricalBiasCorrectionPass",
+    "Float16ToFloat32Pass",
     "FoldConstantsPass",
     "FuseBatchNormPass",
     "FuseMatMulAddPass",

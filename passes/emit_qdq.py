@@ -15,9 +15,38 @@ from onnxq.spec import QuantPlan
 logger = logging.getLogger(__name__)
 
 
-def dequantized_name(name: str) -> str:
-    """The name emission gives the DequantizeLinear output of activation ``name``."""
-    return f"{name}_dequantized"
+def dequantized_outputs(model: ir.Model) -> dict[str, str]:
+    """Activation name -> the name of its emitted DequantizeLinear output (usually
+    ``<name>_dequantized``; suffixed when the model already holds that name)."""
+    found = {}
+    for node in model.graph:
+        if node.op_type == "QuantizeLinear" and node.inputs[0] is not None:
+            for user, _ in node.outputs[0].uses():
+                if user.op_type == "DequantizeLinear":
+                    found[node.inputs[0].name] = user.outputs[0].name
+    return found
+
+
+class _Names:
+    """Fresh names: ``base`` unless the model already uses it, else ``base_1``, ``base_2``..."""
+
+    def __init__(self, model: ir.Model):
+        self.taken: set[str] = set()
+        for graph in model.graphs():
+            self.taken.update(v.name for v in [*graph.inputs, *graph.initializers.values()]
+                              if v.name)
+            for node in graph:
+                self.taken.update(out.name for out in node.outputs if out.name)
+                if node.name:
+                    self.taken.add(node.name)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
 
 
 class EmitQDQPass(ir.passes.InPlacePass):
@@ -40,6 +69,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         values = values_by_name(graph)
+        self.names = _Names(model)
         for name, spec in self.plan.weights.items():
             granularity = "per-tensor" if spec.axis is None else f"per-channel axis {spec.axis}"
             self._emit_constant(graph, graph.initializers[name], self.weight_qparams[name],
@@ -83,16 +113,16 @@ class EmitQDQPass(ir.passes.InPlacePass):
             if axis is not None and shape is not None and not -len(shape) <= axis < len(shape):
                 raise ir.passes.PostconditionError(f"{node.name}: axis {axis} out of range")
 
-    @staticmethod
-    def _qparam_initializers(graph: ir.Graph, prefix: str,
+    def _qparam_initializers(self, graph: ir.Graph, prefix: str,
                              params: QParams) -> tuple[ir.Value, ir.Value]:
         grid = QTYPES[params.qtype]
         scale = params.scale.reshape(-1) if params.axis is not None else params.scale.reshape(())
         zp = params.zero_point.reshape(scale.shape).astype(grid.numpy_dtype)
-        scale_value = ir.Value(name=f"{prefix}_scale", const_value=ir.tensor(
-            scale.astype(np.float32), name=f"{prefix}_scale"))
-        zp_value = ir.Value(name=f"{prefix}_zero_point", const_value=ir.tensor(
-            zp, dtype=grid.dtype, name=f"{prefix}_zero_point"))
+        scale_name, zp_name = self.names(f"{prefix}_scale"), self.names(f"{prefix}_zero_point")
+        scale_value = ir.Value(name=scale_name, const_value=ir.tensor(
+            scale.astype(np.float32), name=scale_name))
+        zp_value = ir.Value(name=zp_name, const_value=ir.tensor(
+            zp, dtype=grid.dtype, name=zp_name))
         graph.register_initializer(scale_value)
         graph.register_initializer(zp_value)
         return scale_value, zp_value
@@ -110,15 +140,16 @@ class EmitQDQPass(ir.passes.InPlacePass):
         w = value.const_value.numpy()
         q = quantize(w, params.scale, params.zero_point, grid, params.axis)
         name = value.name
-        q_value = ir.Value(name=f"{name}_quantized", const_value=ir.tensor(
-            q.astype(grid.numpy_dtype), dtype=grid.dtype, name=f"{name}_quantized"))
+        q_name = self.names(f"{name}_quantized")
+        q_value = ir.Value(name=q_name, const_value=ir.tensor(
+            q.astype(grid.numpy_dtype), dtype=grid.dtype, name=q_name))
         graph.register_initializer(q_value)
         scale, zp = self._qparam_initializers(graph, name, params)
         attrs = {"axis": params.axis} if params.axis is not None else {}
         dq = ir.node("DequantizeLinear", [q_value, scale, zp], attributes=attrs,
-                     name=f"{name}_DequantizeLinear",
+                     name=self.names(f"{name}_DequantizeLinear"),
                      doc_string=f"{how}; {self._describe(params)}")
-        dq.outputs[0].name = f"{name}_dequantized"
+        dq.outputs[0].name = self.names(f"{name}_dequantized")
         dq.outputs[0].dtype = ir.DataType.FLOAT
         dq.outputs[0].shape = ir.Shape(w.shape)
         value.replace_all_uses_with(dq.outputs[0])
@@ -131,14 +162,14 @@ class EmitQDQPass(ir.passes.InPlacePass):
         grid = QTYPES[params.qtype]
         scale, zp = self._qparam_initializers(graph, value.name, params)
         doc = f"activation {params.qtype}; {self._describe(params)}"
-        q = ir.node("QuantizeLinear", [value, scale, zp], name=f"{value.name}_QuantizeLinear",
-                    doc_string=doc)
-        q.outputs[0].name = f"{value.name}_quantized"
+        q = ir.node("QuantizeLinear", [value, scale, zp],
+                    name=self.names(f"{value.name}_QuantizeLinear"), doc_string=doc)
+        q.outputs[0].name = self.names(f"{value.name}_quantized")
         q.outputs[0].dtype = grid.dtype
         q.outputs[0].shape = value.shape
         dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zp],
-                     name=f"{value.name}_DequantizeLinear", doc_string=doc)
-        dq.outputs[0].name = dequantized_name(value.name)
+                     name=self.names(f"{value.name}_DequantizeLinear"), doc_string=doc)
+        dq.outputs[0].name = self.names(f"{value.name}_dequantized")
         dq.outputs[0].dtype = value.dtype
         dq.outputs[0].shape = value.shape
         producer = value.producer()

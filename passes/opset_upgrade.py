@@ -7,7 +7,20 @@ import logging
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from onnxq.errors import OnnxqError
+
 logger = logging.getLogger(__name__)
+
+
+class _Records(logging.Handler):
+    """Keeps the converter's log records instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 class OpsetUpgradePass(ir.passes.InPlacePass):
@@ -26,7 +39,21 @@ class OpsetUpgradePass(ir.passes.InPlacePass):
         current = model.opset_imports.get("", 1)
         if current >= self.target:
             return ir.passes.PassResult(model, False)
-        version_converter.convert_version(model, self.target, fallback=True)
+        converter_log = logging.getLogger(version_converter.__name__)
+        records = _Records()
+        converter_log.addHandler(records)
+        converter_log.propagate = False  # its "falling back to the C API" notes are not news
+        try:
+            version_converter.convert_version(model, self.target, fallback=True)
+        finally:
+            converter_log.removeHandler(records)
+            converter_log.propagate = True
+        failed = [r for r in records.records if "Failed to convert" in r.getMessage()]
+        if failed:
+            cause = failed[0].exc_info[1] if failed[0].exc_info else None
+            reason = str(cause).strip().splitlines()[0][:160] if cause else "unknown reason"
+            raise OnnxqError(f"cannot convert the model from opset {current} to {self.target} "
+                             f"({reason}); re-export it at opset {self.target} or later")
         model.opset_imports[""] = self.target
         outputs = set(model.graph.outputs)
         for node in model.graph:

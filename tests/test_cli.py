@@ -5,16 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import assert_one_line_error, invoke
 from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
 
-from onnxq.cli import main
 from onnxq.model_io import load_model
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -35,14 +30,6 @@ def image_dir(tmp_path) -> Path:
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
             folder / f"{i:03d}_x.png")
     return folder
-
-
-def assert_one_line_error(result, *needles):
-    assert result.exit_code != 0
-    text = result.output.split("\r")[-1].strip()  # after the (erased) progress bar
-    assert text.startswith("error:") and "\n" not in text and "Traceback" not in text
-    for needle in needles:
-        assert needle in text
 
 
 def test_quantize_with_npz_then_inspect_and_validate(small_cnn, npz, tmp_path):
