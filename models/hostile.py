@@ -20,8 +20,10 @@ CHANNELS, SIZE = 3, 8
 
 def conv_net(opset: int = 17, dtype: int = TensorProto.FLOAT, seed: int = 0,
              weights_as_inputs: bool = False, reverse_nodes: bool = False,
-             bias_name: str = "b1", bias: float = 0.1) -> onnx.ModelProto:
-    """x[N,3,8,8] -> Conv -> Relu -> Conv -> GlobalAveragePool -> Flatten -> Gemm -> y[N,4]."""
+             bias_name: str = "b1", bias: float = 0.1,
+             dynamic_size: bool = False) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv -> Relu -> Conv -> GlobalAveragePool -> Flatten -> Gemm -> y[N,4]
+    (``dynamic_size``: x[N,3,H,W], any image size)."""
     rng = np.random.default_rng(seed)
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
 
@@ -42,7 +44,8 @@ def conv_net(opset: int = 17, dtype: int = TensorProto.FLOAT, seed: int = 0,
     ]
     if reverse_nodes:
         nodes = nodes[::-1]
-    inputs = [helper.make_tensor_value_info(INPUT_NAME, dtype, ["N", CHANNELS, SIZE, SIZE])]
+    spatial = ["H", "W"] if dynamic_size else [SIZE, SIZE]
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, dtype, ["N", CHANNELS, *spatial])]
     if weights_as_inputs:
         inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
     graph = helper.make_graph(nodes, "conv_net", inputs,
@@ -103,3 +106,36 @@ def bias_overflow_net() -> onnx.ModelProto:
     w1 = next(t for t in model.graph.initializer if t.name == "w1")
     w1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w1) * 1e-4, "w1"))
     return model
+
+
+def if_net(seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] -> If(mean(x) > 0: Conv A + Relu, else: Conv B + Relu) -> Conv -> y: each
+    branch's weights in a Constant node of the branch, its input an outer-scope value."""
+    rng = np.random.default_rng(seed)
+
+    def branch(name: str) -> onnx.GraphProto:
+        w = numpy_helper.from_array((rng.standard_normal((8, CHANNELS, 3, 3)) * 0.3).astype(
+            np.float32), f"{name}_w")
+        b = numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32),
+                                    f"{name}_b")
+        nodes = [helper.make_node("Constant", [], [f"{name}_w"], value=w),
+                 helper.make_node("Constant", [], [f"{name}_b"], value=b),
+                 helper.make_node("Conv", [INPUT_NAME, f"{name}_w", f"{name}_b"], [f"{name}_c"],
+                                  f"{name}_conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", [f"{name}_c"], [f"{name}_out"], f"{name}_relu")]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(
+            f"{name}_out", TensorProto.FLOAT, None)])
+
+    head = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(
+        np.float32), "head_w")
+    nodes = [helper.make_node("ReduceMean", [INPUT_NAME], ["m"], "mean", keepdims=0),
+             helper.make_node("Greater", ["m", "zero"], ["cond"], "positive"),
+             helper.make_node("If", ["cond"], ["h"], "branch", then_branch=branch("then"),
+                              else_branch=branch("else")),
+             helper.make_node("Conv", ["h", "head_w"], ["y"], "head")]
+    graph = helper.make_graph(
+        nodes, "if_net",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, CHANNELS, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, SIZE, SIZE])],
+        [head, numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

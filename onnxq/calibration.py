@@ -75,14 +75,15 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
 
 
 def collect_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs
-                    ) -> dict[str, np.ndarray]:
-    """The tensors ``names`` for every sample of ``data``, concatenated (memory grows with
-    the samples: for bounded subsets)."""
+                    ) -> dict[str, list[np.ndarray]]:
+    """The tensors ``names`` for every sample of ``data``, one array per batch of
+    same-shaped samples (never concatenated across shapes; memory grows with the samples:
+    for bounded subsets)."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for outputs in stream_outputs(model, names, data, **kwargs):
         for name, array in outputs.items():
             parts[name].append(array)
-    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    return parts
 
 
 def channel_means(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs

@@ -136,7 +136,7 @@ REFINE_SAMPLES = 8
 
 
 def _activation_samples(model: ir.Model, names: list[str], data: Iterable[Feed],
-                        config: QuantConfig) -> dict[str, np.ndarray]:
+                        config: QuantConfig) -> dict[str, list[np.ndarray]]:
     """The activations ``names`` for the first REFINE_SAMPLES calibration samples."""
     return collect_outputs(model, names, Limited(data, REFINE_SAMPLES), device=config.device,
                            batch_size=config.batch_size)

@@ -51,12 +51,13 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
     ``ratio * observed range`` are scored by the relative squared error that the
     activation's quantization causes at the output of each consuming Conv/Gemm/
     MatMul (through its FP32 weight; other consumers see the tensor itself),
-    summed over consumers, on ``samples`` (a fixed subset of calibration tensors).
-    The observed (min-max) range is kept unless a smaller one scores lower.
+    summed over consumers, on ``samples`` (a fixed subset of calibration tensors, one
+    array per batch of same-shaped samples).  The observed (min-max) range is kept unless
+    a smaller one scores lower.
     """
 
     def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
-                 samples: dict[str, np.ndarray]):
+                 samples: dict[str, list[np.ndarray]]):
         super().__init__()
         self.plan = plan
         self.activation_qparams = activation_qparams
@@ -65,16 +66,17 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
     def _score(self, members: list[str], params: QParams, lo: float, hi: float) -> list[float]:
         totals = np.zeros(len(RATIOS))
         for name in members:
-            if name not in self.samples:
-                continue
-            x = torch.from_numpy(self.samples[name])
             for node, index in self.plan.uses.get(name, []):
                 respond = _response(node, index)
+                reference, errors = 1e-30, np.zeros(len(RATIOS))
                 with torch.no_grad():
-                    reference = float((respond(x) ** 2).sum()) + 1e-30
-                    for k, ratio in enumerate(RATIOS):
-                        err = _fake_quantize(x, lo * ratio, hi * ratio, params.qtype) - x
-                        totals[k] += float((respond(err) ** 2).sum()) / reference
+                    for array in self.samples.get(name, []):
+                        x = torch.from_numpy(array)
+                        reference += float((respond(x) ** 2).sum())
+                        for k, ratio in enumerate(RATIOS):
+                            err = _fake_quantize(x, lo * ratio, hi * ratio, params.qtype) - x
+                            errors[k] += float((respond(err) ** 2).sum())
+                totals += errors / reference
         return list(totals)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

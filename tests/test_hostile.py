@@ -398,3 +398,33 @@ def test_a_later_run_removes_what_sigkill_left(work, slow_job):
     again.communicate(timeout=300)
     assert again.returncode == 0
     assert not list((work / "tmp").glob("onnxq-*"))
+
+
+@pytest.fixture
+def varying_sizes(work) -> Path:
+    """A folder of one-sample .npz files, every image of another size."""
+    folder = work / "sizes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(8, 8), (9, 12), (16, 7), (5, 5), (11, 20), (8, 9)]):
+        np.savez(folder / f"{i}.npz", x=rng.standard_normal((3, h, w)).astype(np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("args", [("--preset", "fast"), ("--preset", "default"),
+                                  ("--bias-correction", "analytic")])
+def test_samples_of_every_size_run_through_each_preset(work, varying_sizes, args):
+    fp32, out = _save(work, dynamic_size=True), work / "out.onnx"
+    result = invoke("quantize", fp32, "--calib", varying_sizes, "-o", out, "--quiet", *args)
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(3).standard_normal((1, 3, 13, 6)).astype(np.float32)
+    ref = ort.InferenceSession(str(fp32)).run(None, {"x": x})[0]
+    assert cosine(ref, ort.InferenceSession(str(out)).run(None, {"x": x})[0]) > 0.99
+    validated = invoke("validate", fp32, out, "--data", varying_sizes, "--quiet")
+    assert validated.exit_code == 0 and "6 samples" in validated.output, validated.output
+
+
+def test_learned_rounding_on_samples_of_every_size_is_one_line(work, varying_sizes):
+    result = invoke("quantize", _save(work, dynamic_size=True), "--calib", varying_sizes,
+                    "--rounding", "brecq", "-o", work / "out.onnx")
+    assert_one_line_error(result, "same-shaped samples")
