@@ -139,3 +139,29 @@ def if_net(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, SIZE, SIZE])],
         [head, numpy_helper.from_array(np.zeros((), np.float32), "zero")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def loop_net(iterations: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """x[1,8,8,8] -> Loop x3 (state -> Conv(outer-scope weight) -> Relu -> state) -> y."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) * 0.15).astype(np.float32),
+                                "loop_w")
+    b = numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "loop_b")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Conv", ["state", "loop_w", "loop_b"], ["c"], "body_conv",
+                          pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["next"], "body_relu")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 8, SIZE, SIZE])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("next", TensorProto.FLOAT, [1, 8, SIZE, SIZE])])
+    nodes = [helper.make_node("Loop", ["trips", "", INPUT_NAME], ["y"], "loop", body=body)]
+    graph = helper.make_graph(
+        nodes, "loop_net",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 8, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, SIZE, SIZE])],
+        [w, b, numpy_helper.from_array(np.array(iterations, np.int64), "trips")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

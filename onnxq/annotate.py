@@ -117,6 +117,16 @@ def _pool(a: Annotator, node: ir.Node) -> None:
     a.activation(node, 0)
 
 
+def _recurrent(a: Annotator, node: ir.Node) -> None:
+    """LSTM/GRU/RNN: W and R ([directions, gates x hidden, inputs]) int8 per gate row behind
+    DequantizeLinear, so the file shrinks; no runtime has a QDQ recurrent kernel, so the
+    cell computes in float."""
+    stored = [a.weight(node, index, 1) for index in (1, 2) if len(node.inputs) > index]
+    if any(stored):
+        a.plan.float_nodes[node.name] = (f"{node.op_type}: int8 weights behind "
+                                         "DequantizeLinear, computed in float")
+
+
 REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     "Conv": _conv,
     "ConvTranspose": _conv,
@@ -126,8 +136,13 @@ REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     "Mul": _binary,
     "GlobalAveragePool": _pool,
     "AveragePool": _pool,
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "RNN": _recurrent,
 }
 NO_QUANT_NEEDED = PASS_THROUGH | {"Relu", "Clip", "Concat", "Constant", "Shape", "Cast"}
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+"""Ops whose bodies are annotated like the main graph (they compute nothing themselves)."""
 
 
 def _excluded(node: ir.Node, patterns: tuple[str, ...]) -> bool:
@@ -155,24 +170,28 @@ def _share_through(a: Annotator, graph: ir.Graph) -> None:
 
 
 def annotate(model: ir.Model, config: QuantConfig) -> QuantPlan:
-    """Decide, for every tensor of ``model``'s main graph, whether and how it is quantized."""
+    """Decide, for every tensor of ``model`` (If/Loop/Scan bodies included), whether and how
+    it is quantized."""
     a = Annotator(config)
-    graph = model.graph
+    graphs = list(model.graphs())
     if config.keep_fragile_float:
-        for node, reason in find_fragile(graph).items():
-            a.plan.float_nodes[node.name] = f"kept float: {reason}"
-    for node in graph:
+        for graph in graphs:
+            for node, reason in find_fragile(graph).items():
+                a.plan.float_nodes[node.name] = f"kept float: {reason}"
+    for node in (node for graph in graphs for node in graph):
         if node.name in a.plan.float_nodes:
             continue
         if _excluded(node, config.exclude):
             a.plan.float_nodes[node.name] = "excluded by --exclude"
         elif node.op_type in REGISTRY:
             REGISTRY[node.op_type](a, node)
-        elif node.op_type not in NO_QUANT_NEEDED and node.domain in ("", "ai.onnx"):
+        elif (node.op_type not in NO_QUANT_NEEDED | CONTROL_FLOW
+              and node.domain in ("", "ai.onnx")):
             a.plan.float_nodes[node.name] = (f"no quantized kernel for {node.op_type}: "
                                              "runs in float")
         elif node.domain not in ("", "ai.onnx"):
             a.plan.float_nodes[node.name] = (f"custom op {node.domain}::{node.op_type}: "
                                              "quantized around")
-    _share_through(a, graph)
+    for graph in graphs:
+        _share_through(a, graph)
     return a.plan

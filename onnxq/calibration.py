@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from onnxq.data import Feed, InputSpec, check_feed, model_inputs
 from onnxq.errors import OnnxqError
-from onnxq.graph import values_by_name
+from onnxq.graph import FreshNames, expose, model_values, values_by_name
 from onnxq.observers import ChannelMeanObserver, MinMaxObserver, make_observer
 from onnxq.progress import Progress
 from onnxq.runtime import make_session, run
@@ -42,17 +42,36 @@ def batches(feeds: Iterable[Feed], inputs: Sequence[InputSpec], size: int) -> It
         yield {k: np.concatenate([f[k] for f in pending]) for k in pending[0]}
 
 
-def _session_with_outputs(model: ir.Model, names: Sequence[str], device: str):
-    """An ORT session on ``model`` that also returns the tensors ``names``."""
-    existing = {v.name for v in model.graph.outputs}
-    values = values_by_name(model.graph)
-    added = [values[name] for name in dict.fromkeys(names) if name not in existing]
-    model.graph.outputs.extend(added)
-    try:
-        return make_session(model, device)
-    finally:
-        for _ in added:
-            model.graph.outputs.pop()
+def _session_with_outputs(model: ir.Model, names: Sequence[str], device: str
+                          ) -> tuple[object, dict[str, tuple[str, int]]]:
+    """An ORT session on ``model`` that also returns the tensors ``names``, and for each the
+    session output that holds it with the number of stacked leading dims to merge (values
+    inside Loop/Scan bodies come out stacked over iterations)."""
+    names = list(dict.fromkeys(names))
+    main = values_by_name(model.graph)
+    if all(name in main for name in names):
+        existing = {v.name for v in model.graph.outputs}
+        added = [main[name] for name in names if name not in existing]
+        model.graph.outputs.extend(added)
+        try:
+            return make_session(model, device), {name: (name, 0) for name in names}
+        finally:
+            for _ in added:
+                model.graph.outputs.pop()
+    copy = model.clone()  # subgraph values are threaded out of their bodies on a copy
+    values, fresh = model_values(copy), FreshNames(copy)
+    where = {}
+    for name in names:
+        value, stacked = (values[name], 0) if name in main else expose(copy, values[name], fresh)
+        if value not in copy.graph.outputs:
+            copy.graph.outputs.append(value)
+        where[name] = (value.name, stacked)
+    return make_session(copy, device), where
+
+
+def _merge(array: np.ndarray, stacked: int) -> np.ndarray:
+    """Fold ``stacked`` leading iteration dims into the batch dim."""
+    return array if not stacked else array.reshape(-1, *array.shape[stacked + 1:])
 
 
 def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], *,
@@ -63,12 +82,15 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
     if not names:
         raise ValueError("stream_outputs needs at least one tensor name")
     progress = progress or Progress(quiet=True)
-    session = _session_with_outputs(model, names, device)
+    session, where = _session_with_outputs(model, names, device)
+    outputs = [where[name][0] for name in names]
     inputs = model_inputs(model)
     count = 0
     for feed in progress(batches(data, inputs, batch_size), stage,
                          total=None if total is None else -(-total // max(batch_size, 1))):
-        yield dict(zip(names, run(session, list(names), feed), strict=True))
+        arrays = run(session, outputs, feed)
+        yield {name: _merge(array, where[name][1])
+               for name, array in zip(names, arrays, strict=True)}
         count += 1
     if count == 0:
         raise OnnxqError("calibration data is empty; pass --calib with at least one sample")
@@ -82,7 +104,8 @@ def collect_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed],
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for outputs in stream_outputs(model, names, data, **kwargs):
         for name, array in outputs.items():
-            parts[name].append(array)
+            if array.size:  # an If branch that was not taken gives an empty tensor
+                parts[name].append(array)
     return parts
 
 

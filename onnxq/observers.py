@@ -175,7 +175,9 @@ class ChannelMeanObserver:
         self.count = 0
 
     def update(self, x: np.ndarray) -> None:
-        """Fold one batch into the running sums."""
+        """Fold one batch into the running sums (an empty batch changes nothing)."""
+        if not x.size:
+            return
         axis = self.axis if x.ndim > 1 else 0
         moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
         sums = moved.sum(axis=0)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import (
     LiftConstantsToInitializersPass,
+    LiftSubgraphInitializersToMainGraphPass,
     NameFixPass,
     RemoveInitializersFromInputsPass,
     RemoveUnusedNodesPass,
@@ -109,6 +110,7 @@ def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
     passes: list[ir.passes.PassBase] = [
         Float16ToFloat32Pass(),
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        LiftSubgraphInitializersToMainGraphPass(),
         FoldConstantsPass(),
     ]
     if config.fuse:

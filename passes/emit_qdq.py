@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.graph import values_by_name
+from onnxq.graph import FreshNames, model_values
 from onnxq.numerics import QTYPES, quantize
 from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
@@ -19,34 +19,12 @@ def dequantized_outputs(model: ir.Model) -> dict[str, str]:
     """Activation name -> the name of its emitted DequantizeLinear output (usually
     ``<name>_dequantized``; suffixed when the model already holds that name)."""
     found = {}
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type == "QuantizeLinear" and node.inputs[0] is not None:
             for user, _ in node.outputs[0].uses():
                 if user.op_type == "DequantizeLinear":
                     found[node.inputs[0].name] = user.outputs[0].name
     return found
-
-
-class _Names:
-    """Fresh names: ``base`` unless the model already uses it, else ``base_1``, ``base_2``..."""
-
-    def __init__(self, model: ir.Model):
-        self.taken: set[str] = set()
-        for graph in model.graphs():
-            self.taken.update(v.name for v in [*graph.inputs, *graph.initializers.values()]
-                              if v.name)
-            for node in graph:
-                self.taken.update(out.name for out in node.outputs if out.name)
-                if node.name:
-                    self.taken.add(node.name)
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
 
 
 class EmitQDQPass(ir.passes.InPlacePass):
@@ -68,8 +46,8 @@ class EmitQDQPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        values = values_by_name(graph)
-        self.names = _Names(model)
+        values = model_values(model)
+        self.names = FreshNames(model)
         for name, spec in self.plan.weights.items():
             granularity = "per-tensor" if spec.axis is None else f"per-channel axis {spec.axis}"
             self._emit_constant(graph, graph.initializers[name], self.weight_qparams[name],
@@ -92,8 +70,9 @@ class EmitQDQPass(ir.passes.InPlacePass):
             params = self.activation_qparams.get(name)
             if params is None:
                 continue
-            self._emit_activation(graph, values[name], uses, params)
-        graph.sort()
+            self._emit_activation(values[name], uses, params)
+        for each in model.graphs():
+            each.sort()
         modified = bool(self.plan.weights or self.plan.uses)
         if modified:
             logger.info("emitted Q/DQ for %d activations and %d weights",
@@ -102,7 +81,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
 
     def ensures(self, model: ir.Model) -> None:
         """Every QuantizeLinear feeds a DequantizeLinear and every axis is in range."""
-        for node in model.graph:
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
             if node.op_type == "QuantizeLinear" and not all(
                     user.op_type == "DequantizeLinear" for user, _ in node.outputs[0].uses()):
                 raise ir.passes.PostconditionError(f"{node.name} has a consumer that is not a DQ")
@@ -134,8 +113,11 @@ class EmitQDQPass(ir.passes.InPlacePass):
             return f"scale={scale[0]:.6g} zero_point={int(params.zero_point.reshape(-1)[0])}"
         return f"scales {scale.min():.4g}..{scale.max():.4g} over {scale.size} channels"
 
-    def _emit_constant(self, graph: ir.Graph, value: ir.Value, params: QParams, how: str) -> None:
-        """Replace a float initializer by integers + DequantizeLinear."""
+    def _emit_constant(self, main: ir.Graph, value: ir.Value, params: QParams, how: str) -> None:
+        """Replace a float initializer of the main graph by integers + DequantizeLinear, in
+        the graph of its consumers when they all sit in one If/Loop/Scan body."""
+        homes = {id(node.graph): node.graph for node, _ in value.uses() if node.graph}
+        graph = next(iter(homes.values())) if len(homes) == 1 else main
         grid = QTYPES[params.qtype]
         w = value.const_value.numpy()
         q = quantize(w, params.scale, params.zero_point, grid, params.axis)
@@ -154,12 +136,15 @@ class EmitQDQPass(ir.passes.InPlacePass):
         dq.outputs[0].shape = ir.Shape(w.shape)
         value.replace_all_uses_with(dq.outputs[0])
         graph.insert_before(graph.node(0), dq)
-        graph.initializers.pop(name)
+        main.initializers.pop(name)
 
-    def _emit_activation(self, graph: ir.Graph, value: ir.Value,
-                         uses: list[tuple[ir.Node, int]], params: QParams) -> None:
-        """Insert Q -> DQ after ``value`` and point the planned consumers at the DQ output."""
+    def _emit_activation(self, value: ir.Value, uses: list[tuple[ir.Node, int]],
+                         params: QParams) -> None:
+        """Insert Q -> DQ after ``value`` (in the graph it lives in) and point the planned
+        consumers at the DQ output."""
         grid = QTYPES[params.qtype]
+        producer = value.producer()
+        graph = producer.graph if producer is not None else value.graph
         scale, zp = self._qparam_initializers(graph, value.name, params)
         doc = f"activation {params.qtype}; {self._describe(params)}"
         q = ir.node("QuantizeLinear", [value, scale, zp],
@@ -172,7 +157,6 @@ class EmitQDQPass(ir.passes.InPlacePass):
         dq.outputs[0].name = self.names(f"{value.name}_dequantized")
         dq.outputs[0].dtype = value.dtype
         dq.outputs[0].shape = value.shape
-        producer = value.producer()
         if producer is None:
             graph.insert_before(graph.node(0), [q, dq])
         else:
