@@ -428,3 +428,16 @@ def test_learned_rounding_on_samples_of_every_size_is_one_line(work, varying_siz
     result = invoke("quantize", _save(work, dynamic_size=True), "--calib", varying_sizes,
                     "--rounding", "brecq", "-o", work / "out.onnx")
     assert_one_line_error(result, "same-shaped samples")
+
+
+def test_stale_folders_of_dead_runs_beside_the_output_are_removed(work):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    stale = work / f".onnxq-{dead.pid}-write-abc"
+    stale.mkdir()
+    (stale / "out.onnx.data").write_bytes(b"0" * 1000)  # what a SIGKILL mid-write leaves
+    mine = work / f".onnxq-{os.getpid()}-write-abc"  # a live run's folder stays
+    mine.mkdir()
+    result = invoke("quantize", _save(work), "--calib", work / "calib.npz", "-o",
+                    work / "out.onnx", "--quiet")
+    assert result.exit_code == 0 and not stale.exists() and mine.exists()
