@@ -61,9 +61,8 @@ def test_loop_body_with_outer_scope_weights_is_calibrated_and_quantized(tmp_path
 
 def test_recurrent_weights_are_stored_in_int8(tmp_path):
     torch = pytest.importorskip("torch")
-    from torch import nn
-
     from onnxq.models.torch_export import export_module
+    from torch import nn
 
     class Net(nn.Module):
         def __init__(self) -> None:
