@@ -35,11 +35,16 @@ class MinMaxObserver:
 
     def update(self, x: np.ndarray) -> None:
         """Fold one batch into the running range."""
-        x, dropped = finite(x)
-        self.nonfinite += dropped
-        if x.size:
-            self.lo = min(self.lo, float(x.min()))
-            self.hi = max(self.hi, float(x.max()))
+        if not x.size:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # nan and inf show in min or max
+            x, dropped = finite(x)
+            self.nonfinite += dropped
+            if not x.size:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
 
     @property
     def seen(self) -> bool:
@@ -179,10 +184,10 @@ class ChannelMeanObserver:
         if not x.size:
             return
         axis = self.axis if x.ndim > 1 else 0
-        moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
-        sums = moved.sum(axis=0)
+        others = tuple(i for i in range(x.ndim) if i != axis)
+        sums = x.sum(axis=others, dtype=np.float64)  # no transposed float64 copy
         self.total = sums if self.total is None else self.total + sums
-        self.count += moved.shape[0]
+        self.count += x.size // x.shape[axis]
 
     @property
     def mean(self) -> np.ndarray:
