@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from onnxq.data import Feed, InputSpec, check_feed, model_inputs
 from onnxq.errors import OnnxqError
-from onnxq.graph import FreshNames, expose, model_values, values_by_name
+from onnxq.graph import FreshNames, expose, model_values, subgraph_owners, values_by_name
 from onnxq.observers import ChannelMeanObserver, MinMaxObserver, make_observer
 from onnxq.progress import Progress
 from onnxq.runtime import make_session, run
@@ -59,10 +59,11 @@ def _session_with_outputs(model: ir.Model, names: Sequence[str], device: str
             for _ in added:
                 model.graph.outputs.pop()
     copy = model.clone()  # subgraph values are threaded out of their bodies on a copy
-    values, fresh = model_values(copy), FreshNames(copy)
+    values, fresh, owners = model_values(copy), FreshNames(copy), subgraph_owners(copy)
     where = {}
     for name in names:
-        value, stacked = (values[name], 0) if name in main else expose(copy, values[name], fresh)
+        value, stacked = ((values[name], 0) if name in main
+                          else expose(copy, values[name], fresh, owners))
         if value not in copy.graph.outputs:
             copy.graph.outputs.append(value)
         where[name] = (value.name, stacked)

@@ -45,7 +45,7 @@ class FreshNames:
         return name
 
 
-def _owners(model: ir.Model) -> dict[int, tuple[ir.Node, str]]:
+def subgraph_owners(model: ir.Model) -> dict[int, tuple[ir.Node, str]]:
     """id(subgraph) -> (the node holding it, the attribute name)."""
     owners = {}
     for graph in model.graphs():
@@ -56,15 +56,16 @@ def _owners(model: ir.Model) -> dict[int, tuple[ir.Node, str]]:
     return owners
 
 
-def expose(model: ir.Model, value: ir.Value, names: FreshNames) -> tuple[ir.Value, int]:
+def expose(model: ir.Model, value: ir.Value, names: FreshNames,
+           owners: dict[int, tuple[ir.Node, str]]) -> tuple[ir.Value, int]:
     """Make a value of a subgraph readable as a main-graph value (for calibration copies).
 
     The value becomes an extra output of its body and of the node holding the body, level
     by level: an If output (the branch not taken gives an empty tensor), or a scan output of
     a Loop/Scan, stacked over iterations.  Returns the main-graph value and the number of
-    stacked leading dims to merge into the batch dim.
+    stacked leading dims to merge into the batch dim.  ``owners`` is
+    :func:`subgraph_owners` of ``model`` (exposing adds no body, so one map serves all).
     """
-    owners = _owners(model)
     stacked = 0
     while value.graph is not None and value.graph is not model.graph:
         graph = value.graph
