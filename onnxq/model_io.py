@@ -77,15 +77,20 @@ def check_external_data(model: ir.Model, folder: Path) -> None:
 
 def _without_external_data(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` with every external tensor made empty, for the checker (reads no data)."""
+    def empty(tensor: onnx.TensorProto) -> None:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.dims[:]
+            tensor.dims.append(0)
+
     def strip(graph: onnx.GraphProto) -> None:
         for tensor in graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                del tensor.external_data[:]
-                tensor.data_location = onnx.TensorProto.DEFAULT
-                del tensor.dims[:]
-                tensor.dims.append(0)
+            empty(tensor)
         for node in graph.node:
             for attr in node.attribute:
+                for tensor in [attr.t] if attr.HasField("t") else list(attr.tensors):
+                    empty(tensor)
                 for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                     strip(sub)
 

@@ -37,3 +37,25 @@ def test_empty_file_and_folder_are_rejected(tmp_path):
         load_model(tmp_path / "empty.onnx")
     with pytest.raises(OnnxqError, match="not a file"):
         load_model(tmp_path)
+
+
+def test_checker_reads_no_external_data_of_constant_nodes(tmp_path, monkeypatch):
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    from onnxq.model_io import check_model
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    (tmp_path / "w.bin").write_bytes(w.raw_data)
+    external_data_helper.set_external_data(w, "w.bin")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=w),
+         helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 17)]).SerializeToString())
+    monkeypatch.chdir("/")  # the checker resolved such tensors against the working folder
+    check_model(load_model(path), path)
