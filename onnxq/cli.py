@@ -198,13 +198,16 @@ def main() -> None:
 @click.option("--min-cosine", type=float, default=0.5, show_default=True,
               help="Refuse (write nothing) when the written model's output cosine to FP32 on "
                    "a calibration sample is lower; -1 keeps any finite model.")
+@click.option("--min-sqnr", type=float, default=None, metavar="DB",
+              help="Move the fewest, most harmful activations to 16 bits until the output "
+                   "SQNR to FP32 on held-out calibration samples is at least DB.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars or notes.")
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
              observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
              bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
-             precalibrate, quantize_fragile, min_cosine, device, quiet) -> None:
+             precalibrate, quantize_fragile, min_cosine, min_sqnr, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -222,6 +225,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
         keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
         learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
+        min_sqnr=min_sqnr,
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.demo import run_default
@@ -242,6 +246,10 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
     click.echo(f"wrote {out}: {report.quantized_weights} weights and "
                f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s"
                f"{checked}")
+    if report.promoted:
+        before, after = report.guard_sqnr_db
+        click.echo(f"--min-sqnr: {len(report.promoted)} activation group(s) moved to 16 bits, "
+                   f"output SQNR {before:.1f} -> {after:.1f} dB on held-out calibration samples")
     if report.float_nodes and not quiet:
         click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
 

@@ -48,6 +48,7 @@ class QuantConfig:
     device: str = "cpu"
     batch_size: int = 8
     min_cosine: float = 0.5
+    min_sqnr: float | None = None
 
     def __post_init__(self) -> None:
         checks = [("weights", self.weights, WEIGHT_TYPES),
@@ -79,6 +80,9 @@ class QuantConfig:
             raise OnnxqError(f"--cache-mb must be 0 or more (got {self.cache_mb})")
         if not -1.0 <= self.min_cosine <= 1.0:
             raise OnnxqError(f"--min-cosine must lie in [-1, 1] (got {self.min_cosine})")
+        if self.min_sqnr is not None and not (self.needs_data and 0 < self.min_sqnr <= 120):
+            raise OnnxqError(f"--min-sqnr needs calibration data and a target in (0, 120] dB "
+                             f"(got {self.min_sqnr})")
         if self.seed < 0:
             raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:
@@ -113,4 +117,6 @@ class QuantConfig:
     def required_opset(self) -> int:
         """The lowest default-domain opset whose Q/DQ supports the chosen types."""
         kinds = [self.weights] + ([self.activations] if self.activations != "none" else [])
+        if self.min_sqnr is not None:  # the guard may move activations to 16 bits
+            kinds.append("uint16")
         return max(QTYPES[kind].min_opset for kind in kinds)

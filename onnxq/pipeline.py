@@ -43,11 +43,14 @@ from onnxq.passes import (
     TolerantShapeInferencePass,
 )
 from onnxq.passes.emit_qdq import dequantized_outputs
+from onnxq.passes.refine_ranges import consumer_errors
 from onnxq.progress import Progress
 from onnxq.qparams import QParams, fit_int32_biases, resolve_activations, resolve_weights
 from onnxq.reconstruction import RoundingConfig
+from onnxq.runtime import make_session, run
 from onnxq.simulate import quantized_copy
 from onnxq.spec import QuantPlan
+from onnxq.sqnr_guard import WIDE, output_sqnr, promote, reference_outputs
 
 VERSION = "0.1.0"
 
@@ -65,6 +68,10 @@ class QuantReport:
     reconstruction: list[dict] = dataclasses.field(default_factory=list)
     widened_for_bias: list[str] = dataclasses.field(default_factory=list)
     """Weights whose scales were widened so that their int32 biases fit."""
+    promoted: list[dict] = dataclasses.field(default_factory=list)
+    """Activation groups ``--min-sqnr`` moved to 16 bits (most harmful first)."""
+    guard_sqnr_db: list[float] = dataclasses.field(default_factory=list)
+    """Output SQNR on the held-out samples before and after ``--min-sqnr``'s promotions."""
     output_cosine: float | None = None
 
     def to_json(self, stored: bool = False) -> str:
@@ -135,6 +142,8 @@ def prepare(model: ir.Model, config: QuantConfig) -> list[str]:
 
 REFINE_SAMPLES = 8
 """Calibration samples whose activations range refinement holds in memory (a fixed number)."""
+GUARD_SAMPLES = 8
+"""Calibration samples after those that ``--min-sqnr`` measures the output SQNR on."""
 
 
 def _activation_samples(model: ir.Model, names: list[str], data: Iterable[Feed],
@@ -142,6 +151,29 @@ def _activation_samples(model: ir.Model, names: list[str], data: Iterable[Feed],
     """The activations ``names`` for the first REFINE_SAMPLES calibration samples."""
     return collect_outputs(model, names, Limited(data, REFINE_SAMPLES), device=config.device,
                            batch_size=config.batch_size)
+
+
+def held_out(data: Iterable[Feed]) -> list[Feed]:
+    """GUARD_SAMPLES calibration samples that range refinement does not see (the first ones
+    when there are too few)."""
+    feeds = list(Limited(data, REFINE_SAMPLES + GUARD_SAMPLES))
+    return feeds[REFINE_SAMPLES:] or feeds[:GUARD_SAMPLES]
+
+
+def guard(model: ir.Model, plan: QuantPlan, config: QuantConfig, qparams: dict[str, QParams],
+          wide: dict[str, QParams], weights: dict[str, QParams],
+          samples: dict[str, list[np.ndarray]], feeds: list[Feed],
+          reference: list[list[np.ndarray]]) -> tuple[dict[str, QParams], list[dict], list[float]]:
+    """``--min-sqnr``: the activation qparams with the fewest, most harmful groups at 16 bits
+    for which the output SQNR on ``feeds`` reaches the target."""
+    def measure(chosen: dict[str, QParams]) -> float:
+        session = make_session(quantized_copy(model, config, chosen, weights), config.device)
+        return output_sqnr(reference, [run(session, None, feed) for feed in feeds])
+
+    errors = consumer_errors(plan, qparams, samples)
+    chosen, promotions, sqnr = promote(plan.groups(), errors, qparams, wide, measure,
+                                       config.min_sqnr)
+    return chosen, [dataclasses.asdict(p) for p in promotions], [round(x, 2) for x in sqnr]
 
 
 def runtime_safe(config: QuantConfig) -> QuantConfig:
@@ -202,20 +234,29 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
                          "inputs (or --exclude matched them all)")
     stream = {"device": config.device, "batch_size": config.batch_size, "progress": progress,
               "total": total}
-    qparams = resolve_activations(plan, calibrate(model, plan, data, **stream)
-                                  if config.needs_data else {})
+    observers = calibrate(model, plan, data, **stream) if config.needs_data else {}
+    qparams = resolve_activations(plan, observers)
+    wide = resolve_activations(plan, observers, WIDE) if config.min_sqnr is not None else {}
     weight_params = resolve_weights(model, plan)
     widened: set[str] = set()
+    guard_feeds = held_out(data) if config.min_sqnr is not None else []
+    guard_reference = reference_outputs(model, guard_feeds, config.device)
     reference = ({name: model.graph.initializers[name].const_value.numpy().copy()
                   for name in [*plan.weights, *plan.biases] if name in model.graph.initializers}
                  if config.rounding != "nearest" else None)  # FP32 values for reconstruction
     if config.precalibrate:
         PreCalibrateWeightsPass(plan, weight_params)(model)
         pass_names.append("PreCalibrateWeightsPass")
+    samples = (_activation_samples(model, sorted(qparams), data, config)
+               if qparams and (config.refine_ranges or config.min_sqnr is not None) else {})
     if config.refine_ranges and qparams:
-        samples = _activation_samples(model, sorted(qparams), data, config)
         RefineActivationRangesPass(plan, qparams, samples)(model)
         pass_names.append("RefineActivationRangesPass")
+    promoted, guard_sqnr = [], []
+    if config.min_sqnr is not None and qparams:
+        qparams, promoted, guard_sqnr = guard(model, plan, config, qparams, wide,
+                                              weight_params, samples, guard_feeds, guard_reference)
+        pass_names.append("MinSqnrGuard")  # bias correction then sees the 16-bit inputs
     weight_params = _fit_biases(model, plan, qparams, weight_params, widened)
     if config.bias_correction == "empirical":
         inputs = sorted({bias.activation for bias in plan.biases.values()} & set(qparams))
@@ -254,6 +295,8 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         seconds=round(time.perf_counter() - start, 2),
         reconstruction=reconstruction,
         widened_for_bias=sorted(widened),
+        promoted=promoted,
+        guard_sqnr_db=guard_sqnr,
     )
     model.metadata_props["onnxq.version"] = VERSION
     model.metadata_props["onnxq.config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -41,19 +42,21 @@ def resolve_weights(model: ir.Model, plan: QuantPlan) -> dict[str, QParams]:
             for name, spec in plan.weights.items()}
 
 
-def resolve_activations(plan: QuantPlan, observers: dict[str, MinMaxObserver]
-                        ) -> dict[str, QParams]:
-    """Scale/zero point for every planned activation, shared within groups."""
+def resolve_activations(plan: QuantPlan, observers: dict[str, MinMaxObserver],
+                        retype: Mapping[str, str] | None = None) -> dict[str, QParams]:
+    """Scale/zero point for every planned activation, shared within groups; ``retype`` maps
+    a planned type to the one resolved instead (the 16-bit grids of ``--min-sqnr``)."""
     resolved: dict[str, QParams] = {}
     for root, members in plan.groups().items():
         observer = observers.get(root)
         if observer is None or not observer.seen:
             continue
         spec = plan.activations[root]
-        grid = QTYPES[spec.qtype]
+        qtype = (retype or {}).get(spec.qtype, spec.qtype)
+        grid = QTYPES[qtype]
         scale, zp = choose_qparams(*observer.range(grid, spec.symmetric), grid, spec.symmetric)
         for name in members:
-            resolved[name] = QParams(scale, zp, spec.qtype)
+            resolved[name] = QParams(scale, zp, qtype)
     return resolved
 
 

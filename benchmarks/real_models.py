@@ -1,0 +1,155 @@
+"""The real-model suite: onnxq (--preset fast, default, --rounding brecq) and ORT's
+quantize_static on each model of onnxq.models.suite, in one run.
+
+Calibration data goes in as README documents for inputs whose shapes vary: a folder of
+one-sample .npz files.  Each quantization runs in a fresh process (its seconds and peak
+RSS are its own).  Prints a table per model and writes JSON.
+
+    python benchmarks/real_models.py --json real_models.json
+    python benchmarks/real_models.py --models yolov8n,fcpe --calib 32
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from onnxq.models import suite
+
+from onnxq.validate import latency_ms
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+TOOLS = {"onnxq fast": {"preset": "fast"}, "onnxq default": {"preset": "default"},
+         "onnxq brecq": {"preset": "default", "rounding": "brecq"}, "ort quantize_static": None}
+
+
+def _quantize(tool: str, fp32: str, out: str, calib: str, samples: int, queue) -> None:
+    """In a fresh process: quantize with ``tool``; put (seconds, peak RSS MB, error)."""
+    from onnxq.data import NpzFolder, model_inputs
+    from onnxq.model_io import load_model
+
+    data = NpzFolder(calib, model_inputs(load_model(fp32)), samples)
+    try:
+        start = time.perf_counter()
+        if TOOLS[tool] is None:
+            from ort_baseline import ort_quantize_static
+
+            ort_quantize_static(Path(fp32), Path(out), data)
+        else:
+            from onnxq.api import quantize
+            from onnxq.config import QuantConfig
+
+            quantize(fp32, out, data, QuantConfig.from_preset(**TOOLS[tool], samples=samples),
+                     quiet=True)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - a tool's failure is a row of the table
+        error = " ".join(str(exc).split())[:200] or type(exc).__name__
+    queue.put((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+               / 1024, error))
+
+
+def quantize_in_child(tool: str, fp32: Path, out: Path, calib: Path, samples: int) -> dict:
+    """Seconds, peak RSS and error of one quantization in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_quantize,
+                            args=(tool, str(fp32), str(out), str(calib), samples, queue))
+    child.start()
+    seconds, rss, error = queue.get()
+    child.join()
+    return {"quantize_s": seconds, "peak_rss_mb": rss, "error": error}
+
+
+def write_npz_folder(feeds: list[dict[str, np.ndarray]], folder: Path) -> Path:
+    """One .npz file per sample, without its batch dim."""
+    folder.mkdir()
+    for i, feed in enumerate(feeds):
+        np.savez(folder / f"{i:04d}.npz", **{name: arr[0] for name, arr in feed.items()})
+    return folder
+
+
+def latency(path: Path, feed: dict, budget_s: float = 3.0) -> float:
+    """ORT CPU latency (1 thread), as many runs as fit in about ``budget_s``."""
+    once = latency_ms(str(path), feed, runs=1, warmup=1) / 1000
+    return latency_ms(str(path), feed, runs=int(np.clip(budget_s / max(once, 1e-4), 3, 50)))
+
+
+def run_model(entry: suite.SuiteModel, tmp: Path, calib_count: int | None,
+              val_count: int | None) -> dict:
+    """Every tool on one suite model: metrics, SQNR, low-bit share, time, RSS, latency."""
+    calib_count, val_count = calib_count or entry.calib, val_count or entry.val
+    fp32 = entry.export(tmp / f"{entry.name}.onnx")
+    calib = write_npz_folder(entry.feeds("calib", calib_count, 0), tmp / f"{entry.name}-calib")
+    val = entry.feeds("val", val_count, 0)
+    reference = suite.outputs(fp32, val)
+    fp32_ms = latency(fp32, val[0])
+    rows = {}
+    for tool in TOOLS:
+        out = tmp / f"{entry.name}.{tool.replace(' ', '_')}.onnx"
+        row = quantize_in_child(tool, fp32, out, calib, calib_count)
+        if row["error"] is None:
+            got = suite.outputs(out, val)
+            row.update(entry.score(reference, got), sqnr_db=suite.sqnr(reference, got),
+                       low_bit_share=suite.low_bit_share(out),
+                       latency_ms=latency(out, val[0]), fp32_latency_ms=fp32_ms)
+            if entry.labels is not None:
+                row.update(suite.top1(entry.labels("val", val_count, 0), reference, got))
+        rows[tool] = row
+    return {"calib": calib_count, "val": val_count, "metric": entry.metric, "floor": entry.floor,
+            "licence": entry.licence, "rows": rows}
+
+
+def print_table(name: str, result: dict) -> None:
+    """One model's rows."""
+    metric = result["metric"]
+    click.echo(f"\n{name} ({result['calib']} calibration / {result['val']} evaluation samples; "
+               f"target {metric} >= {result['floor']}; licence {result['licence']})")
+    click.echo(f"{'tool':20} {metric:>10} {'SQNR dB':>8} {'low-bit':>7} {'quant s':>8} "
+               f"{'RSS MB':>7} {'ms':>8} {'xFP32':>6}  other")
+    for tool, row in result["rows"].items():
+        if row["error"]:
+            click.echo(f"{tool:20} failed after {row['quantize_s']:.1f} s: {row['error']}")
+            continue
+        others = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in {
+            metric, "sqnr_db", "low_bit_share", "quantize_s", "peak_rss_mb", "latency_ms",
+            "fp32_latency_ms", "error"})
+        click.echo(f"{tool:20} {row[metric]:10.4f} {row['sqnr_db']:8.2f} "
+                   f"{row['low_bit_share']:7.3f} {row['quantize_s']:8.1f} "
+                   f"{row['peak_rss_mb']:7.0f} {row['latency_ms']:8.2f} "
+                   f"{row['latency_ms'] / row['fp32_latency_ms']:6.2f}  {others}")
+
+
+@click.command()
+@click.option("--models", default=",".join(suite.SUITE), show_default=True)
+@click.option("--calib", "calib_count", type=int, default=None,
+              help="Calibration samples (default: each model's own).")
+@click.option("--val", "val_count", type=int, default=None,
+              help="Evaluation samples (default: each model's own).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def main(models: str, calib_count: int | None, val_count: int | None,
+         json_path: str | None) -> None:
+    """Run the suite and print a table per model."""
+    results = {}
+    for name in models.split(","):
+        entry = suite.SUITE[name]
+        reason = entry.missing()
+        if reason:
+            click.echo(f"\n{name}: skipped ({reason})")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            results[name] = run_model(entry, Path(tmp), calib_count, val_count)
+        print_table(name, results[name])
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The accuracy guard of ``--min-sqnr``: move the fewest, most harmful activation groups to
+16 bits until the output SQNR against FP32 holds on held-out calibration samples."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.data import Feed
+from onnxq.qparams import QParams
+from onnxq.runtime import make_session, run
+
+WIDE = {"uint8": "uint16", "int8": "int16", "uint4": "uint16", "int4": "int16"}
+"""The 16-bit grid each activation type moves to."""
+
+
+@dataclasses.dataclass
+class Promotion:
+    """One activation group moved to 16 bits, and why."""
+
+    tensor: str
+    qtype: str
+    consumer_error: float
+    """Relative squared error its 8-bit quantization caused at its consumers' outputs."""
+    rank: int
+
+
+def output_sqnr(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    """SQNR (dB) over every output of every sample."""
+    signal = noise = 0.0
+    for ref_out, out in zip(reference, got, strict=True):
+        for a, b in zip(ref_out, out, strict=True):
+            finite = np.isfinite(a)
+            a64 = a[finite].astype(np.float64)
+            signal += float(np.sum(a64 ** 2))
+            noise += float(np.sum((a64 - b[finite]) ** 2))
+    return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-30) / noise))
+
+
+def reference_outputs(model: ir.Model, feeds: list[Feed], device: str) -> list[list[np.ndarray]]:
+    """``model``'s outputs (FP32) on ``feeds``."""
+    session = make_session(model, device)
+    return [run(session, None, feed) for feed in feeds]
+
+
+def promote(groups: dict[str, list[str]], errors: dict[str, float],
+            qparams: dict[str, QParams], wide: dict[str, QParams],
+            measure: Callable[[dict[str, QParams]], float], target: float
+            ) -> tuple[dict[str, QParams], list[Promotion], list[float]]:
+    """The qparams with the fewest groups (most harmful first, by ``errors``) moved to their
+    16-bit qparams ``wide`` for which ``measure`` (output SQNR of a qparams choice) reaches
+    ``target``; the promotions; and the SQNR before and after.  Doubling then bisection on
+    how many move."""
+    order = sorted((root for root in groups if root in errors and root in wide),
+                   key=lambda r: -errors[r])
+
+    def moved(count: int) -> dict[str, QParams]:
+        chosen = dict(qparams)
+        for root in order[:count]:
+            for name in groups[root]:
+                chosen[name] = wide[name]
+        return chosen
+
+    scores = {0: measure(qparams)}
+    if scores[0] >= target or not order:
+        return qparams, [], [scores[0], scores[0]]
+    low, high = 0, 1
+    while high < len(order):
+        scores[high] = measure(moved(high))
+        if scores[high] >= target:
+            break
+        low, high = high, min(2 * high, len(order))
+    else:
+        scores[high] = measure(moved(high))
+    if scores[high] < target:
+        warnings.warn(f"--min-sqnr {target:g} dB not reached: {scores[high]:.1f} dB with every "
+                      f"activation at 16 bits (the 8-bit weights limit it); kept that",
+                      stacklevel=3)
+        low = high - 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        scores[middle] = measure(moved(middle))
+        low, high = (middle, high) if scores[middle] < target else (low, middle)
+    promotions = [Promotion(root, wide[root].qtype, float(errors[root]), rank + 1)
+                  for rank, root in enumerate(order[:high])]
+    return moved(high), promotions, [scores[0], scores[high]]
