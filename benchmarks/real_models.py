@@ -23,6 +23,7 @@ import click
 import numpy as np
 from onnxq.models import suite
 
+from onnxq.sqnr_guard import output_sqnr
 from onnxq.validate import latency_ms
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,7 +98,7 @@ def run_model(entry: suite.SuiteModel, tmp: Path, calib_count: int | None,
         row = quantize_in_child(tool, fp32, out, calib, calib_count)
         if row["error"] is None:
             got = suite.outputs(out, val)
-            row.update(entry.score(reference, got), sqnr_db=suite.sqnr(reference, got),
+            row.update(entry.score(reference, got), sqnr_db=output_sqnr(reference, got),
                        low_bit_share=suite.low_bit_share(out),
                        latency_ms=latency(out, val[0]), fp32_latency_ms=fp32_ms)
             if entry.labels is not None:

@@ -53,17 +53,6 @@ def outputs(path: Path, feeds: list[Feed]) -> Outputs:
     return [run(session, None, feed) for feed in feeds]
 
 
-def sqnr(reference: Outputs, other: Outputs) -> float:
-    """Signal-to-quantization-noise ratio (dB) over every output of every sample."""
-    signal = noise = 0.0
-    for ref_out, out in zip(reference, other, strict=True):
-        for a, b in zip(ref_out, out, strict=True):
-            a64 = a.astype(np.float64)
-            signal += float(np.sum(a64 ** 2))
-            noise += float(np.sum((a64 - b) ** 2))
-    return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-30) / noise))
-
-
 def low_bit_share(path: Path) -> float:
     """Share of weight elements (initializers of rank >= 2) stored in 8 bits or fewer."""
     import onnx

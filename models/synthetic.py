@@ -54,3 +54,34 @@ def image_feeds(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
         coarse = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
         feeds.append({INPUT_NAME: np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)})
     return feeds
+
+
+def _silu_cnn(seed: int):
+    """Conv + SiLU stages (as YOLO builds them), one channel with a long negative tail."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.body = nn.Conv2d(16, 16, 3, padding=1)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            x = nn.functional.silu(self.stem(x))
+            return torch.sigmoid(self.head(nn.functional.silu(self.body(x))))
+
+    torch.manual_seed(seed)
+    net = Net().eval()
+    with torch.no_grad():
+        net.body.bias[0] = -40.0  # a pre-activation SiLU flattens to 0: its range need not hold it
+        net.body.weight[0] *= 20.0
+    return net
+
+
+def export_silu_cnn(path: str | Path, seed: int = 0) -> Path:
+    """Export the SiLU CNN (input ``image``: N x 3 x 32 x 32, dynamic N)."""
+    import torch
+
+    return export_module(_silu_cnn(seed), torch.zeros(1, 3, 32, 32), path, INPUT_NAME)

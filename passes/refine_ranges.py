@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 LINEAR_CONSUMERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ELEMENTWISE_CONSUMERS = ("Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish")
-LADDER = tuple(0.8 ** k for k in range(15))
-"""Candidate shares of each end of the observed range, 1.0 down to 0.044 (each end alone)."""
+LADDER = tuple(0.7 ** k for k in range(9))
+"""Candidate shares of each end of the observed range, 1.0 down to 0.058 (each end alone)."""
 
 
 def _range(params: QParams) -> tuple[float, float]:
