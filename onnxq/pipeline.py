@@ -240,7 +240,8 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     weight_params = resolve_weights(model, plan)
     widened: set[str] = set()
     guard_feeds = held_out(data) if config.min_sqnr is not None else []
-    guard_reference = reference_outputs(model, guard_feeds, config.device)
+    guard_reference = (reference_outputs(model, guard_feeds, config.device) if guard_feeds
+                       else [])
     reference = ({name: model.graph.initializers[name].const_value.numpy().copy()
                   for name in [*plan.weights, *plan.biases] if name in model.graph.initializers}
                  if config.rounding != "nearest" else None)  # FP32 values for reconstruction
