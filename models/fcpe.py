@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from onnxq.models.metrics import cosine
 from onnxq.models.torch_export import export_module
 
 INPUT_NAME = "mel"
@@ -162,7 +163,6 @@ def score(reference: list[list[np.ndarray]], other: list[list[np.ndarray]]) -> d
         voiced += int(mask.sum())
         agree += int((mask == ~np.isnan(got)).sum())
         frames += len(mask)
-        a, b = ref_out[0].ravel(), out[0].ravel()
-        cosines.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
+        cosines.append(cosine(ref_out[0], out[0]))
     return {"rpa50": within / max(voiced, 1), "voicing_agree": agree / max(frames, 1),
             "latent_cosine": float(np.mean(cosines))}

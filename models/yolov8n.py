@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from onnxq.models import boxes
 from onnxq.models.images import photos
+from onnxq.models.metrics import cosine
 
 INPUT_NAME = "images"
 SIZE = 320
@@ -73,7 +74,6 @@ def score(reference: list[list[np.ndarray]], other: list[list[np.ndarray]]) -> d
         got_boxes, got_classes, _ = decode(out[0])
         matched += boxes.matches(ref_boxes, got_boxes, MATCH_IOU, ref_classes, got_classes)
         ref_count, other_count = ref_count + len(ref_boxes), other_count + len(got_boxes)
-        a, b = ref_out[0][0, 4:].ravel(), out[0][0, 4:].ravel()
-        cosines.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
+        cosines.append(cosine(ref_out[0][0, 4:], out[0][0, 4:]))
     return {"det_f1": boxes.f1(matched, ref_count, other_count),
             "cls_cosine": float(np.mean(cosines)), "fp32_detections": float(ref_count)}

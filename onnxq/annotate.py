@@ -1,8 +1,8 @@
 """Decide what to quantize: an op registry annotates a graph into a QuantPlan.
 
 Placement follows what ONNX Runtime and other QDQ runtimes fuse: inputs of
-compute ops (Conv, Gemm, MatMul, Add, Mul, pooling, Sigmoid, LeakyRelu) are quantized; Relu/Clip after a
-compute op are not split from it (the Q after them absorbs them); pass-through
+compute ops (Conv, Gemm, MatMul, Add, Mul, pooling, Sigmoid, LeakyRelu) are quantized;
+Relu/Clip after a compute op are not split from it (the Q after them absorbs them); pass-through
 ops (Reshape, Transpose, MaxPool, Concat, Pad, ...) share their input's qparams.
 """
 

@@ -43,14 +43,12 @@ from onnxq.passes import (
     TolerantShapeInferencePass,
 )
 from onnxq.passes.emit_qdq import dequantized_outputs
-from onnxq.passes.refine_ranges import consumer_errors
 from onnxq.progress import Progress
 from onnxq.qparams import QParams, fit_int32_biases, resolve_activations, resolve_weights
 from onnxq.reconstruction import RoundingConfig
-from onnxq.runtime import make_session, run
 from onnxq.simulate import quantized_copy
 from onnxq.spec import QuantPlan
-from onnxq.sqnr_guard import WIDE, output_sqnr, promote, reference_outputs
+from onnxq.sqnr_guard import WIDE, guard, outputs_on
 
 VERSION = "0.1.0"
 
@@ -160,22 +158,6 @@ def held_out(data: Iterable[Feed]) -> list[Feed]:
     return feeds[REFINE_SAMPLES:] or feeds[:GUARD_SAMPLES]
 
 
-def guard(model: ir.Model, plan: QuantPlan, config: QuantConfig, qparams: dict[str, QParams],
-          wide: dict[str, QParams], weights: dict[str, QParams],
-          samples: dict[str, list[np.ndarray]], feeds: list[Feed],
-          reference: list[list[np.ndarray]]) -> tuple[dict[str, QParams], list[dict], list[float]]:
-    """``--min-sqnr``: the activation qparams with the fewest, most harmful groups at 16 bits
-    for which the output SQNR on ``feeds`` reaches the target."""
-    def measure(chosen: dict[str, QParams]) -> float:
-        session = make_session(quantized_copy(model, config, chosen, weights), config.device)
-        return output_sqnr(reference, [run(session, None, feed) for feed in feeds])
-
-    errors = consumer_errors(plan, qparams, samples)
-    chosen, promotions, sqnr = promote(plan.groups(), errors, qparams, wide, measure,
-                                       config.min_sqnr)
-    return chosen, [dataclasses.asdict(p) for p in promotions], [round(x, 2) for x in sqnr]
-
-
 def runtime_safe(config: QuantConfig) -> QuantConfig:
     """``config`` with known ONNX Runtime problems worked around, each said in a warning."""
     if config.activations == "int4":
@@ -240,8 +222,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     weight_params = resolve_weights(model, plan)
     widened: set[str] = set()
     guard_feeds = held_out(data) if config.min_sqnr is not None else []
-    guard_reference = (reference_outputs(model, guard_feeds, config.device) if guard_feeds
-                       else [])
+    guard_reference = outputs_on(model, guard_feeds, config.device) if guard_feeds else []
     reference = ({name: model.graph.initializers[name].const_value.numpy().copy()
                   for name in [*plan.weights, *plan.biases] if name in model.graph.initializers}
                  if config.rounding != "nearest" else None)  # FP32 values for reconstruction
@@ -255,8 +236,8 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         pass_names.append("RefineActivationRangesPass")
     promoted, guard_sqnr = [], []
     if config.min_sqnr is not None and qparams:
-        qparams, promoted, guard_sqnr = guard(model, plan, config, qparams, wide,
-                                              weight_params, samples, guard_feeds, guard_reference)
+        qparams, promoted, guard_sqnr = guard(model, plan, config, qparams, wide, weight_params,
+                                              samples, guard_feeds, guard_reference)
         pass_names.append("MinSqnrGuard")  # bias correction then sees the 16-bit inputs
     weight_params = _fit_biases(model, plan, qparams, weight_params, widened)
     if config.bias_correction == "empirical":

@@ -10,9 +10,13 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.config import QuantConfig
 from onnxq.data import Feed
+from onnxq.passes.refine_ranges import consumer_errors
 from onnxq.qparams import QParams
 from onnxq.runtime import make_session, run
+from onnxq.simulate import quantized_copy
+from onnxq.spec import QuantPlan
 
 WIDE = {"uint8": "uint16", "int8": "int16", "uint4": "uint16", "int4": "int16"}
 """The 16-bit grid each activation type moves to."""
@@ -41,8 +45,8 @@ def output_sqnr(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) 
     return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-30) / noise))
 
 
-def reference_outputs(model: ir.Model, feeds: list[Feed], device: str) -> list[list[np.ndarray]]:
-    """``model``'s outputs (FP32) on ``feeds``."""
+def outputs_on(model: ir.Model, feeds: list[Feed], device: str) -> list[list[np.ndarray]]:
+    """``model``'s outputs on each of ``feeds`` (ORT)."""
     session = make_session(model, device)
     return [run(session, None, feed) for feed in feeds]
 
@@ -88,3 +92,21 @@ def promote(groups: dict[str, list[str]], errors: dict[str, float],
     promotions = [Promotion(root, wide[root].qtype, float(errors[root]), rank + 1)
                   for rank, root in enumerate(order[:high])]
     return moved(high), promotions, [scores[0], scores[high]]
+
+
+def guard(model: ir.Model, plan: QuantPlan, config: QuantConfig, qparams: dict[str, QParams],
+          wide: dict[str, QParams], weights: dict[str, QParams],
+          samples: dict[str, list[np.ndarray]], feeds: list[Feed],
+          reference: list[list[np.ndarray]]) -> tuple[dict[str, QParams], list[dict], list[float]]:
+    """``--min-sqnr`` on ``model`` (FP32 weights, before emission): the activation qparams
+    with the fewest, most harmful groups at 16 bits (``wide``) for which the output SQNR on
+    ``feeds`` against ``reference`` reaches the target; the promotions; the SQNR before and
+    after.  Harm is each group's consumer error on the range-refinement ``samples``."""
+    def measure(chosen: dict[str, QParams]) -> float:
+        quantized = quantized_copy(model, config, chosen, weights)
+        return output_sqnr(reference, outputs_on(quantized, feeds, config.device))
+
+    errors = consumer_errors(plan, qparams, samples)
+    chosen, promotions, sqnr = promote(plan.groups(), errors, qparams, wide, measure,
+                                       config.min_sqnr)
+    return chosen, [dataclasses.asdict(p) for p in promotions], [round(x, 2) for x in sqnr]

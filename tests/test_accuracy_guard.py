@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
 import onnx
 import pytest
 from cli_helpers import assert_one_line_error, invoke
@@ -82,10 +81,7 @@ def test_guard_is_deterministic(silu, tmp_path):
 
 def test_cli_min_sqnr(silu, tmp_path):
     path, calib, _, _ = silu
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for i, feed in enumerate(calib):
-        np.savez(folder / f"{i}.npz", image=feed["image"][0])
+    folder = suite.write_npz_folder(calib, tmp_path / "calib")
     result = invoke("quantize", path, "--calib", folder, "--samples", "24",
                     "--bias-correction", "none", "--min-sqnr", "62", "-o",
                     tmp_path / "q.onnx")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, invoke
-from onnxq.models import tiny_bert
+from onnxq.models import suite, tiny_bert
 from onnxq.models.synthetic import image_feeds
 
 from onnxq.model_io import load_model
@@ -60,10 +60,7 @@ def test_image_folder_with_preprocessing_options(small_cnn, image_dir, tmp_path)
 
 
 def test_npz_folder_with_integer_token_inputs(bert17, tmp_path):
-    folder = tmp_path / "tokens"
-    folder.mkdir()
-    for i, feed in enumerate(tiny_bert.token_batches(6)):
-        np.savez(folder / f"{i}.npz", input_ids=feed["input_ids"][0])
+    folder = suite.write_npz_folder(tiny_bert.token_batches(6), tmp_path / "tokens")
     result = invoke("quantize", bert17, "--calib", folder, "-o", tmp_path / "b.onnx", "--quiet")
     assert result.exit_code == 0, result.output
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
 import pytest
 from onnxq.models import suite
 
@@ -35,10 +34,7 @@ def test_default_flags_hold_the_floor(name, tmp_path):
         pytest.skip(reason)
     preset, calib_count, val_count, metric, floor = CASES[name]
     fp32 = entry.export(tmp_path / f"{name}.onnx")
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for i, feed in enumerate(entry.feeds("calib", calib_count, 0)):
-        np.savez(folder / f"{i}.npz", **{key: arr[0] for key, arr in feed.items()})
+    folder = suite.write_npz_folder(entry.feeds("calib", calib_count, 0), tmp_path / "calib")
     calib = NpzFolder(folder, model_inputs(load_model(fp32)))
     out = tmp_path / f"{name}.int8.onnx"
     quantize(fp32, out, calib, QuantConfig.from_preset(preset, samples=calib_count), quiet=True)
