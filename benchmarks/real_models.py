@@ -7,6 +7,7 @@ RSS are its own).  Prints a table per model and writes JSON.
 
     python benchmarks/real_models.py --json real_models.json
     python benchmarks/real_models.py --models yolov8n,fcpe --calib 32
+    python benchmarks/real_models.py --models yolov8n --min-sqnr 30
 """
 
 from __future__ import annotations
@@ -32,15 +33,25 @@ TOOLS = {"onnxq fast": {"preset": "fast"}, "onnxq default": {"preset": "default"
          "onnxq brecq": {"preset": "default", "rounding": "brecq"}, "ort quantize_static": None}
 
 
-def _quantize(tool: str, fp32: str, out: str, calib: str, samples: int, queue) -> None:
-    """In a fresh process: quantize with ``tool``; put (seconds, peak RSS MB, error)."""
+def tools(min_sqnr: float | None) -> dict[str, dict | None]:
+    """The rows to run: tool name -> onnxq config options (None: ORT's quantize_static)."""
+    rows = dict(TOOLS)
+    if min_sqnr is not None:
+        rows[f"onnxq --min-sqnr {min_sqnr:g}"] = {"preset": "default", "min_sqnr": min_sqnr}
+    return rows
+
+
+def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: int,
+              queue) -> None:
+    """In a fresh process: quantize with onnxq ``options`` (None: ORT's tool); put (seconds,
+    peak RSS MB, error)."""
     from onnxq.data import NpzFolder, model_inputs
     from onnxq.model_io import load_model
 
     data = NpzFolder(calib, model_inputs(load_model(fp32)), samples)
     try:
         start = time.perf_counter()
-        if TOOLS[tool] is None:
+        if options is None:
             from ort_baseline import ort_quantize_static
 
             ort_quantize_static(Path(fp32), Path(out), data)
@@ -48,7 +59,7 @@ def _quantize(tool: str, fp32: str, out: str, calib: str, samples: int, queue) -
             from onnxq.api import quantize
             from onnxq.config import QuantConfig
 
-            quantize(fp32, out, data, QuantConfig.from_preset(**TOOLS[tool], samples=samples),
+            quantize(fp32, out, data, QuantConfig.from_preset(**options, samples=samples),
                      quiet=True)
         error = None
     except Exception as exc:  # noqa: BLE001 - a tool's failure is a row of the table
@@ -57,16 +68,25 @@ def _quantize(tool: str, fp32: str, out: str, calib: str, samples: int, queue) -
                / 1024, error))
 
 
-def quantize_in_child(tool: str, fp32: Path, out: Path, calib: Path, samples: int) -> dict:
+def quantize_in_child(options: dict | None, fp32: Path, out: Path, calib: Path,
+                      samples: int) -> dict:
     """Seconds, peak RSS and error of one quantization in a fresh process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_quantize,
-                            args=(tool, str(fp32), str(out), str(calib), samples, queue))
+                            args=(options, str(fp32), str(out), str(calib), samples, queue))
     child.start()
     seconds, rss, error = queue.get()
     child.join()
     return {"quantize_s": seconds, "peak_rss_mb": rss, "error": error}
+
+
+def promoted_count(path: Path) -> int:
+    """How many activation groups ``--min-sqnr`` moved to 16 bits (the stored report)."""
+    import onnx
+
+    stored = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+    return len(json.loads(stored["onnxq.report"])["promoted"])
 
 
 def latency(path: Path, feed: dict, budget_s: float = 3.0) -> float:
@@ -76,23 +96,26 @@ def latency(path: Path, feed: dict, budget_s: float = 3.0) -> float:
 
 
 def run_model(entry: suite.SuiteModel, tmp: Path, calib_count: int | None,
-              val_count: int | None) -> dict:
+              val_count: int | None, rows_to_run: dict[str, dict | None]) -> dict:
     """Every tool on one suite model: metrics, SQNR, low-bit share, time, RSS, latency."""
     calib_count, val_count = calib_count or entry.calib, val_count or entry.val
     fp32 = entry.export(tmp / f"{entry.name}.onnx")
-    calib = suite.write_npz_folder(entry.feeds("calib", calib_count, 0), tmp / f"{entry.name}-calib")
+    calib = suite.write_npz_folder(entry.feeds("calib", calib_count, 0),
+                                   tmp / f"{entry.name}-calib")
     val = entry.feeds("val", val_count, 0)
     reference = suite.outputs(fp32, val)
     fp32_ms = latency(fp32, val[0])
     rows = {}
-    for tool in TOOLS:
-        out = tmp / f"{entry.name}.{tool.replace(' ', '_')}.onnx"
-        row = quantize_in_child(tool, fp32, out, calib, calib_count)
+    for k, (tool, options) in enumerate(rows_to_run.items()):
+        out = tmp / f"{entry.name}.{k}.onnx"
+        row = quantize_in_child(options, fp32, out, calib, calib_count)
         if row["error"] is None:
             got = suite.outputs(out, val)
             row.update(entry.score(reference, got), sqnr_db=output_sqnr(reference, got),
                        low_bit_share=suite.low_bit_share(out),
                        latency_ms=latency(out, val[0]), fp32_latency_ms=fp32_ms)
+            if options and "min_sqnr" in options:
+                row["promoted"] = promoted_count(out)
             if entry.labels is not None:
                 row.update(suite.top1(entry.labels("val", val_count, 0), reference, got))
         rows[tool] = row
@@ -126,8 +149,10 @@ def print_table(name: str, result: dict) -> None:
               help="Calibration samples (default: each model's own).")
 @click.option("--val", "val_count", type=int, default=None,
               help="Evaluation samples (default: each model's own).")
+@click.option("--min-sqnr", type=float, default=None, metavar="DB",
+              help="Also run the default preset with --min-sqnr DB.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-def main(models: str, calib_count: int | None, val_count: int | None,
+def main(models: str, calib_count: int | None, val_count: int | None, min_sqnr: float | None,
          json_path: str | None) -> None:
     """Run the suite and print a table per model."""
     results = {}
@@ -138,7 +163,7 @@ def main(models: str, calib_count: int | None, val_count: int | None,
             click.echo(f"\n{name}: skipped ({reason})")
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            results[name] = run_model(entry, Path(tmp), calib_count, val_count)
+            results[name] = run_model(entry, Path(tmp), calib_count, val_count, tools(min_sqnr))
         print_table(name, results[name])
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))

@@ -46,11 +46,11 @@ class SuiteModel:
 
 
 def outputs(path: Path, feeds: list[Feed]) -> Outputs:
-    """The model's outputs on each feed (ORT CPU)."""
-    from onnxq.runtime import open_session, run
+    """The outputs of the model at ``path`` on each feed (ORT CPU)."""
+    from onnxq.model_io import load_model
+    from onnxq.sqnr_guard import outputs_on
 
-    session = open_session(str(path))
-    return [run(session, None, feed) for feed in feeds]
+    return outputs_on(load_model(path), feeds, "cpu")
 
 
 def write_npz_folder(feeds: list[Feed], folder: Path) -> Path:

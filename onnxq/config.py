@@ -80,9 +80,11 @@ class QuantConfig:
             raise OnnxqError(f"--cache-mb must be 0 or more (got {self.cache_mb})")
         if not -1.0 <= self.min_cosine <= 1.0:
             raise OnnxqError(f"--min-cosine must lie in [-1, 1] (got {self.min_cosine})")
-        if self.min_sqnr is not None and not (self.needs_data and 0 < self.min_sqnr <= 120):
-            raise OnnxqError(f"--min-sqnr needs calibration data and a target in (0, 120] dB "
-                             f"(got {self.min_sqnr})")
+        if self.min_sqnr is not None and not 0 < self.min_sqnr <= 120:
+            raise OnnxqError(f"--min-sqnr must lie in (0, 120] dB (got {self.min_sqnr})")
+        if self.min_sqnr is not None and not self.needs_data:
+            raise OnnxqError("--min-sqnr measures quantized activations on calibration data; "
+                             "drop it for weight-only quantization (--calib none)")
         if self.seed < 0:
             raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:

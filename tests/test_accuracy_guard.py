@@ -94,3 +94,10 @@ def test_cli_refuses_a_bad_min_sqnr(silu, tmp_path, value):
     result = invoke("quantize", silu[0], "--calib", "random", "--min-sqnr", value,
                     "-o", tmp_path / "q.onnx")
     assert_one_line_error(result, "--min-sqnr")
+
+
+def test_cli_refuses_min_sqnr_without_calibration_data(silu, tmp_path):
+    result = invoke("quantize", silu[0], "--calib", "none", "--min-sqnr", "30",
+                    "-o", tmp_path / "q.onnx")
+    assert_one_line_error(result, "--min-sqnr", "--calib none")
+    assert not (tmp_path / "q.onnx").exists()
