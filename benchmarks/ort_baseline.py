@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,12 +27,16 @@ def ort_quantize_static(fp32: Path, out: Path, calib: Iterable[dict]) -> float:
             return next(self.it, None)
 
     start = time.perf_counter()
+    fp32, out = fp32.resolve(), out.resolve()
     source = out.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(fp32), str(source))
-    except Exception:  # its symbolic shape inference fails on some exports
-        source = fp32
-    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        # when its symbolic shape inference fails, quant_pre_process leaves a model and a
+        # uuid-named .data file in the working folder: keep them out of the caller's
+        try:
+            quant_pre_process(str(fp32), str(source))
+        except Exception:  # its symbolic shape inference fails on some exports
+            source = fp32
+        quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
     return time.perf_counter() - start

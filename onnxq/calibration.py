@@ -8,7 +8,7 @@ memory does not grow with the number of samples.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -97,16 +97,17 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
         raise OnnxqError("calibration data is empty; pass --calib with at least one sample")
 
 
-def collect_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], **kwargs
+def collect_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed],
+                    window: Callable[[str, np.ndarray], np.ndarray] | None = None, **kwargs
                     ) -> dict[str, list[np.ndarray]]:
     """The tensors ``names`` for every sample of ``data``, one array per batch of
     same-shaped samples (never concatenated across shapes; memory grows with the samples:
-    for bounded subsets)."""
+    for bounded subsets), each cut by ``window(name, array)`` as it arrives when given."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for outputs in stream_outputs(model, names, data, **kwargs):
         for name, array in outputs.items():
             if array.size:  # an If branch that was not taken gives an empty tensor
-                parts[name].append(array)
+                parts[name].append(array if window is None else window(name, array))
     return parts
 
 

@@ -42,7 +42,8 @@ from onnxq.passes import (
     RefineActivationRangesPass,
     TolerantShapeInferencePass,
 )
-from onnxq.passes.emit_qdq import dequantized_outputs
+from onnxq.passes.emit_qdq import activation_readouts
+from onnxq.passes.refine_ranges import sample_window
 from onnxq.progress import Progress
 from onnxq.qparams import QParams, fit_int32_biases, resolve_activations, resolve_weights
 from onnxq.reconstruction import RoundingConfig
@@ -144,11 +145,14 @@ GUARD_SAMPLES = 8
 """Calibration samples after those that ``--min-sqnr`` measures the output SQNR on."""
 
 
-def _activation_samples(model: ir.Model, names: list[str], data: Iterable[Feed],
-                        config: QuantConfig) -> dict[str, list[np.ndarray]]:
-    """The activations ``names`` for the first REFINE_SAMPLES calibration samples."""
-    return collect_outputs(model, names, Limited(data, REFINE_SAMPLES), device=config.device,
-                           batch_size=config.batch_size)
+def _activation_samples(model: ir.Model, plan: QuantPlan, names: list[str],
+                        data: Iterable[Feed], config: QuantConfig
+                        ) -> dict[str, list[np.ndarray]]:
+    """Centred windows (``sample_window``) of the activations ``names`` for the first
+    REFINE_SAMPLES calibration samples."""
+    return collect_outputs(model, names, Limited(data, REFINE_SAMPLES),
+                           window=lambda name, array: sample_window(plan, name, array),
+                           device=config.device, batch_size=config.batch_size)
 
 
 def held_out(data: Iterable[Feed]) -> list[Feed]:
@@ -229,7 +233,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     if config.precalibrate:
         PreCalibrateWeightsPass(plan, weight_params)(model)
         pass_names.append("PreCalibrateWeightsPass")
-    samples = (_activation_samples(model, sorted(qparams), data, config)
+    samples = (_activation_samples(model, plan, sorted(qparams), data, config)
                if qparams and (config.refine_ranges or config.min_sqnr is not None) else {})
     if config.refine_ranges and qparams:
         RefineActivationRangesPass(plan, qparams, samples)(model)
@@ -245,10 +249,15 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
 
         def measure(current: ir.Model) -> dict[str, np.ndarray]:
             copy = quantized_copy(current, config, qparams, weight_params)
-            dequantized = dequantized_outputs(copy)
-            means = channel_means(copy, [dequantized[name] for name in inputs], data,
+            readouts = activation_readouts(copy)
+            means = channel_means(copy, [readouts[name][0] for name in inputs], data,
                                   stage="bias correction", **stream)
-            return {name: means[dequantized[name]] for name in inputs}
+            found = {}
+            for name in inputs:
+                tensor, integer = readouts[name]
+                found[name] = (qparams[name].dequantize_mean(means[tensor]) if integer
+                               else means[tensor])
+            return found
 
         EmpiricalBiasCorrectionPass(plan, weight_params, measure)(model)
         pass_names.append("EmpiricalBiasCorrectionPass")

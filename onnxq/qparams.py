@@ -22,6 +22,12 @@ class QParams:
     qtype: str
     axis: int | None = None
 
+    def dequantize_mean(self, mean: np.ndarray) -> np.ndarray:
+        """The real value of a mean of this tensor's integers (per-tensor qparams; affine,
+        so the mean of the dequantized values)."""
+        return ((mean.astype(np.float64) - float(self.zero_point.reshape(-1)[0]))
+                * float(self.scale.reshape(-1)[0])).astype(np.float32)
+
 
 def weight_qparams(w: np.ndarray, qtype: str, axis: int | None, observer: str) -> QParams:
     """Symmetric (per-channel when ``axis`` is set) qparams for a weight tensor."""

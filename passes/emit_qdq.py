@@ -15,15 +15,27 @@ from onnxq.spec import QuantPlan
 logger = logging.getLogger(__name__)
 
 
-def dequantized_outputs(model: ir.Model) -> dict[str, str]:
-    """Activation name -> the name of its emitted DequantizeLinear output (usually
-    ``<name>_dequantized``; suffixed when the model already holds that name)."""
+PACKED = (ir.DataType.INT4, ir.DataType.UINT4)
+"""Integer types ORT cannot hand back as numpy arrays."""
+
+
+def activation_readouts(model: ir.Model) -> dict[str, tuple[str, bool]]:
+    """Activation name -> (the tensor to read its quantized values at, whether that tensor
+    holds the integers).  The integers are read at the output of the emitted QuantizeLinear,
+    which keeps ORT's fused integer kernels (a DequantizeLinear output read as a graph
+    output would stop them forming); 4-bit ones, which numpy cannot hold, at the output of
+    the DequantizeLinear."""
     found = {}
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type == "QuantizeLinear" and node.inputs[0] is not None:
-            for user, _ in node.outputs[0].uses():
-                if user.op_type == "DequantizeLinear":
-                    found[node.inputs[0].name] = user.outputs[0].name
+        if node.op_type != "QuantizeLinear" or node.inputs[0] is None:
+            continue
+        dequantize = next((user for user, _ in node.outputs[0].uses()
+                           if user.op_type == "DequantizeLinear"), None)
+        if dequantize is None:
+            continue
+        found[node.inputs[0].name] = ((dequantize.outputs[0].name, False)
+                                      if node.outputs[0].dtype in PACKED
+                                      else (node.outputs[0].name, True))
     return found
 
 

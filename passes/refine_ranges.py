@@ -12,7 +12,6 @@ import torch
 from onnxq.numerics import QTYPES, choose_qparams
 from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
-from onnxq.torch_eval import ActivationQuant
 from onnxq.torch_ops import Unsupported, constant, run_node
 
 logger = logging.getLogger(__name__)
@@ -23,6 +22,12 @@ LADDER = tuple(0.7 ** k for k in range(9))
 """Candidate shares of each end of the observed range, 1.0 down to 0.058 (each end alone)."""
 
 
+WINDOW_ELEMENTS = 1 << 15
+"""Elements of each sample of a tensor that range refinement keeps (a centred window)."""
+OUTPUT_CHANNELS = 64
+"""Output channels of a consumer layer through which range refinement measures error."""
+
+
 def _range(params: QParams) -> tuple[float, float]:
     grid = QTYPES[params.qtype]
     scale = float(params.scale.reshape(-1)[0])
@@ -30,9 +35,65 @@ def _range(params: QParams) -> tuple[float, float]:
     return (grid.qmin - zero_point) * scale, (grid.qmax - zero_point) * scale
 
 
-def _fake_quantize(x: torch.Tensor, lo: float, hi: float, qtype: str) -> torch.Tensor:
-    scale, zero_point = choose_qparams(lo, hi, QTYPES[qtype], QTYPES[qtype].signed)
-    return ActivationQuant(QParams(scale, zero_point, qtype))(x)
+def _fake_quantize(x: torch.Tensor, candidates: list[tuple[float, float]], qtype: str
+                   ) -> torch.Tensor:
+    """``x`` quantized and dequantized at each (lo, hi) candidate range, stacked on a new
+    leading axis (Q as ONNX defines it: ``x / s``, round half to even, clamp)."""
+    grid = QTYPES[qtype]
+    lo, hi = (np.array(ends, np.float64) for ends in zip(*candidates, strict=True))
+    scale, zero_point = choose_qparams(lo, hi, grid, grid.signed)
+    shape = (len(candidates),) + (1,) * x.ndim
+    scale = torch.from_numpy(scale).reshape(shape)
+    zero_point = torch.from_numpy(zero_point.astype(np.float32)).reshape(shape)
+    q = torch.div(x, scale).round_().add_(zero_point).clamp_(grid.qmin, grid.qmax)
+    return q.sub_(zero_point).mul_(scale)
+
+
+def _reads_structure(node: ir.Node, index: int) -> bool:
+    """Whether the consumer's response mixes elements (a Conv/Gemm/MatMul through its
+    weight) rather than acting on each alone."""
+    return (node.op_type in LINEAR_CONSUMERS and index == 0 and len(node.inputs) > 1
+            and node.inputs[1] is not None and node.inputs[1].const_value is not None)
+
+
+def _window_axes(plan: QuantPlan, name: str, rank: int) -> list[int] | None:
+    """Axes of ``name`` that a window may cut without changing what its consumers compute
+    at the kept positions (up to the window's border): a Conv's spatial axes, a MatMul's
+    row axes, none for a Gemm; None when every consumer acts on each element alone."""
+    axes = None
+    for node, index in plan.uses.get(name, []):
+        if not _reads_structure(node, index):
+            continue
+        allowed = (set(range(2, rank)) if node.op_type in ("Conv", "ConvTranspose")
+                   else set(range(1, rank - 1)) if node.op_type == "MatMul" else set())
+        axes = allowed if axes is None else axes & allowed
+    return None if axes is None else sorted(axes)
+
+
+def sample_window(plan: QuantPlan, name: str, array: np.ndarray,
+                  limit: int = WINDOW_ELEMENTS) -> np.ndarray:
+    """At most ``limit`` elements of each sample of ``array`` (a batch of samples of
+    ``name``; a copy, or the array itself when it is small enough): a centred window over
+    the axes ``_window_axes`` allows, or, when every consumer acts on each element alone, a
+    fixed random subset of the elements (every channel represented, whatever the layout)."""
+    per_sample = array.size // array.shape[0] if array.ndim > 1 and array.shape[0] else 0
+    if per_sample <= limit:
+        return array
+    axes = _window_axes(plan, name, array.ndim)
+    if axes is None:
+        pick = np.sort(np.random.default_rng(0).choice(per_sample, limit, replace=False))
+        return np.ascontiguousarray(array.reshape(array.shape[0], -1)[:, pick])
+    if not axes:
+        return array
+    fixed = per_sample // int(np.prod([array.shape[a] for a in axes]))
+    room = max(limit // max(fixed, 1), 1)
+    keep = {}
+    for done, axis in enumerate(sorted(axes, key=lambda a: array.shape[a])):
+        keep[axis] = max(min(array.shape[axis], int(room ** (1 / (len(axes) - done)))), 1)
+        room = max(room // keep[axis], 1)
+    index = tuple(slice((array.shape[a] - keep[a]) // 2, (array.shape[a] - keep[a]) // 2
+                        + keep[a]) if a in keep else slice(None) for a in range(array.ndim))
+    return np.ascontiguousarray(array[index])
 
 
 def _is_silu(node: ir.Node, index: int) -> bool:
@@ -43,6 +104,25 @@ def _is_silu(node: ir.Node, index: int) -> bool:
             and producer.inputs[0] is node.inputs[index])
 
 
+def _output_channel_sample(node: ir.Node, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` cut to at most OUTPUT_CHANNELS evenly spaced output channels (a layer's
+    relative output error summed over a spread of its channels estimates it over all of
+    them at a fraction of the cost); whole when the layer is grouped or small."""
+    if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1:
+        axis = 0
+    elif node.op_type == "Gemm" and weight.ndim == 2:
+        axis = 0 if node.attributes.get_int("transB", 0) else 1
+    elif node.op_type == "MatMul" and weight.ndim >= 2:
+        axis = weight.ndim - 1
+    else:
+        return weight
+    count = weight.shape[axis]
+    if count <= OUTPUT_CHANNELS:
+        return weight
+    keep = torch.from_numpy(np.linspace(0, count - 1, OUTPUT_CHANNELS).round().astype(np.int64))
+    return weight.index_select(axis, keep).contiguous()
+
+
 def _response(node: ir.Node, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the consumer computes from input ``index``, as far as it depends on it alone:
     a Conv/Gemm/MatMul through its FP32 weight (bias left out), an elementwise activation,
@@ -50,12 +130,34 @@ def _response(node: ir.Node, index: int) -> Callable[[torch.Tensor], torch.Tenso
     if node.op_type in LINEAR_CONSUMERS and index == 0 and len(node.inputs) > 1:
         weight = constant(node.inputs[1])
         if weight is not None:
+            weight = _output_channel_sample(node, weight)
             return lambda x: run_node(node, [x, weight])[0]
     if node.op_type in ELEMENTWISE_CONSUMERS:
         return lambda x: run_node(node, [x])[0]
     if _is_silu(node, index):
         return lambda x: x * torch.sigmoid(x)
     return lambda x: x
+
+
+def _stackable(node: ir.Node, index: int, x: torch.Tensor) -> bool:
+    """The consumer computes candidates concatenated on axis 0 as separate samples."""
+    if x.ndim == 0 or (node.op_type == "MatMul" and x.ndim == 1):
+        return False
+    return not (node.op_type == "Gemm" and index == 0 and node.attributes.get_int("transA", 0))
+
+
+def _candidate_errors(respond: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      exact: torch.Tensor, qtype: str, candidates: list[tuple[float, float]],
+                      stackable: bool) -> np.ndarray:
+    """Squared consumer-output error of ``x`` quantized at each candidate range; the
+    candidates go through the consumer together (concatenated on axis 0) when
+    ``stackable``."""
+    quantized = _fake_quantize(x, candidates, qtype)
+    if stackable:
+        out = respond(quantized.reshape(-1, *x.shape[1:]))
+        diff = out.reshape(len(candidates), *exact.shape) - exact
+        return diff.pow_(2).reshape(len(candidates), -1).sum(1).double().numpy()
+    return np.array([float((respond(q) - exact).pow_(2).sum()) for q in quantized])
 
 
 def consumer_error(plan: QuantPlan, members: list[str], samples: dict[str, list[np.ndarray]],
@@ -74,9 +176,8 @@ def consumer_error(plan: QuantPlan, members: list[str], samples: dict[str, list[
                     x = torch.from_numpy(array)
                     exact = respond(x)
                     reference += float((exact ** 2).sum())
-                    for k, (lo, hi) in enumerate(candidates):
-                        quantized = respond(_fake_quantize(x, lo, hi, qtype))
-                        errors[k] += float(((quantized - exact) ** 2).sum())
+                    errors += _candidate_errors(respond, x, exact, qtype, candidates,
+                                                _stackable(node, index, x))
             totals += errors / reference
     return totals
 

@@ -1,0 +1,135 @@
+"""Range refinement's bounded work (windows, candidates in one batch, sampled output
+channels) and bias correction read through the fused integer outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+from onnxq.models import synthetic
+from onnxq.passes.emit_qdq import activation_readouts
+from onnxq.passes.refine_ranges import (
+    OUTPUT_CHANNELS,
+    _fake_quantize,
+    consumer_error,
+    sample_window,
+)
+
+from onnxq.annotate import annotate
+from onnxq.calibration import calibrate, channel_means
+from onnxq.config import QuantConfig
+from onnxq.model_io import load_model
+from onnxq.numerics import QTYPES, choose_qparams
+from onnxq.pipeline import prepare
+from onnxq.qparams import QParams, resolve_activations, resolve_weights
+from onnxq.simulate import quantized_copy
+from onnxq.spec import QuantPlan
+from onnxq.torch_eval import ActivationQuant
+
+
+def _plan_with_use(op_type: str, index: int = 0, weight: bool = True) -> QuantPlan:
+    """A plan whose tensor ``x`` is input ``index`` of one ``op_type`` node, whose other
+    input is a constant weight (``weight``) or another activation."""
+    x = ir.Value(name="x")
+    other = ir.Value(name="w", const_value=ir.tensor(np.ones((2, 2), np.float32))
+                     if weight else None)
+    node = ir.node(op_type, [x, other] if index == 0 else [other, x])
+    return QuantPlan(uses={"x": [(node, index)]})
+
+
+def test_window_cuts_only_a_convs_spatial_axes_to_the_element_limit():
+    plan = _plan_with_use("Conv")
+    array = np.arange(2 * 16 * 100 * 60, dtype=np.float32).reshape(2, 16, 100, 60)
+    cut = sample_window(plan, "x", array, limit=16 * 900)
+    assert cut.shape == (2, 16, 30, 30), cut.shape  # square where both axes allow it
+    np.testing.assert_array_equal(cut, array[:, :, 35:65, 15:45])  # centred
+    assert cut.flags.c_contiguous and not np.shares_memory(cut, array)
+    small = np.zeros((1, 4, 8, 8), np.float32)
+    assert sample_window(plan, "x", small, limit=1024) is small
+
+
+def test_window_never_cuts_what_a_layer_contracts():
+    array = np.zeros((1, 8, 512, 64), np.float32)
+    cut = sample_window(_plan_with_use("MatMul"), "x", array, limit=4096)
+    assert cut.shape == (1, 8, 8, 64), cut.shape  # rows cut, the contracted axis whole
+    wide = np.zeros((4, 100000), np.float32)
+    assert sample_window(_plan_with_use("Gemm"), "x", wide, limit=10) is wide
+
+
+@pytest.mark.parametrize("plan", [_plan_with_use("Sigmoid"), _plan_with_use("Add"),
+                                  _plan_with_use("MatMul", index=1, weight=False)])
+def test_elementwise_consumers_get_a_spread_of_every_channel(plan):
+    # channels last, as a transformer's [batch, tokens, hidden]: a window over the last
+    # axis would drop the outlier channels at its ends
+    array = np.tile(np.arange(768, dtype=np.float32), (2, 512, 1))
+    cut = sample_window(plan, "x", array, limit=1 << 15)
+    assert cut.shape == (2, 1 << 15)
+    assert set(np.unique(cut)) == set(range(768))
+    np.testing.assert_array_equal(cut[0], cut[1])  # one fixed subset, the same each batch
+
+
+def test_candidates_are_quantized_as_onnx_defines_it():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((3, 4, 9, 9)).astype(np.float32) * 4)
+    candidates = [(-12.0, 12.0), (-3.0, 9.0), (-0.5, 2.0), (0.0, 5.0)]
+    stacked = _fake_quantize(x, candidates, "uint8")
+    assert stacked.shape == (len(candidates), *x.shape)
+    for (lo, hi), got in zip(candidates, stacked, strict=True):
+        scale, zero_point = choose_qparams(lo, hi, QTYPES["uint8"], False)
+        expected = ActivationQuant(QParams(scale, zero_point, "uint8"))(x)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op_type, weight_shape, attributes", [
+    ("Conv", (256, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("MatMul", (32, 300), {}),
+    ("Gemm", (300, 32), {"transB": 1}),
+])
+def test_sampled_output_channels_estimate_the_full_layer_error(op_type, weight_shape,
+                                                               attributes, monkeypatch):
+    rng = np.random.default_rng(1)
+    x_shape = (2, 32, 12, 12) if op_type == "Conv" else (2, 32) if op_type == "Gemm" else (
+        2, 7, 32)
+    array = np.abs(rng.standard_normal(x_shape)).astype(np.float32)
+    array[..., 0] *= 20  # an outlier column that wants clipping
+    x = ir.Value(name="x")
+    weight = ir.Value(name="w", const_value=ir.tensor(
+        rng.standard_normal(weight_shape).astype(np.float32)))
+    node = ir.node(op_type, [x, weight], attributes=attributes)
+    plan = QuantPlan(uses={"x": [(node, 0)]})
+    candidates = [(0.0, float(array.max()) * share) for share in (1.0, 0.5, 0.25, 0.1, 0.02)]
+    sampled = consumer_error(plan, ["x"], {"x": [array]}, "uint8", candidates)
+    monkeypatch.setattr("onnxq.passes.refine_ranges.OUTPUT_CHANNELS", 10**9)
+    full = consumer_error(plan, ["x"], {"x": [array]}, "uint8", candidates)
+    assert OUTPUT_CHANNELS < max(weight_shape)  # the sampled run really cut channels
+    np.testing.assert_allclose(sampled, full, rtol=0.25)
+    assert np.argmin(sampled) == np.argmin(full)
+
+
+def test_bias_correction_reads_the_integer_outputs_without_losing_the_means(small_cnn):
+    model = load_model(small_cnn)
+    config = QuantConfig(samples=8)
+    prepare(model, config)
+    plan = annotate(model, config)
+    feeds = synthetic.image_feeds(8, 0)
+    qparams = resolve_activations(plan, calibrate(model, plan, feeds))
+    copy = quantized_copy(model, config, qparams, resolve_weights(model, plan))
+    readouts = activation_readouts(copy)
+    names = sorted(readouts)
+    assert len(names) >= 3 and all(integer for _, integer in readouts.values()), readouts
+    integers = {name: readouts[name][0] for name in names}
+    dequantized = {name: _dequantized_name(copy, name) for name in names}
+    int_means = channel_means(copy, list(integers.values()), feeds)
+    float_means = channel_means(copy, list(dequantized.values()), feeds)
+    for name in names:
+        np.testing.assert_allclose(qparams[name].dequantize_mean(int_means[integers[name]]),
+                                   float_means[dequantized[name]], rtol=1e-5, atol=1e-6)
+
+
+def _dequantized_name(model: ir.Model, name: str) -> str:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "QuantizeLinear" and node.inputs[0].name == name:
+            return next(user.outputs[0].name for user, _ in node.outputs[0].uses()
+                        if user.op_type == "DequantizeLinear")
+    raise KeyError(name)
