@@ -41,6 +41,17 @@ def tools(min_sqnr: float | None) -> dict[str, dict | None]:
     return rows
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started its program (VmHWM: ru_maxrss would carry
+    the parent's peak over from the fork)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: int,
               queue) -> None:
     """In a fresh process: quantize with onnxq ``options`` (None: ORT's tool); put (seconds,
@@ -64,8 +75,7 @@ def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: in
         error = None
     except Exception as exc:  # noqa: BLE001 - a tool's failure is a row of the table
         error = " ".join(str(exc).split())[:200] or type(exc).__name__
-    queue.put((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-               / 1024, error))
+    queue.put((time.perf_counter() - start, peak_rss_mb(), error))
 
 
 def quantize_in_child(options: dict | None, fp32: Path, out: Path, calib: Path,

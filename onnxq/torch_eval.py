@@ -77,6 +77,14 @@ class LearnedRoundingWeight(nn.Module):
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
 
 
+def fake_quantize(x: torch.Tensor, scale: float | torch.Tensor,
+                  zero_point: int | torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Q then DQ as ONNX defines them (``x / s``, round half to even, clamp), in place on
+    a new tensor; ``scale`` and ``zero_point`` may be tensors that broadcast against ``x``."""
+    q = torch.div(x, scale).round_().add_(zero_point).clamp_(qmin, qmax)
+    return q.sub_(zero_point).mul_(scale)
+
+
 class _FakeQuantize(torch.autograd.Function):
     """Q then DQ as ONNX defines them (``x / s``, round half to even, clamp), with a
     straight-through gradient inside the grid.  Written with in-place ops and hardtanh's
@@ -86,8 +94,7 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, scale: float, zero_point: int, qmin: int, qmax: int):
         ctx.save_for_backward(x)
         ctx.bounds = ((qmin - zero_point - 0.5) * scale, (qmax - zero_point + 0.5) * scale)
-        q = torch.div(x, scale).round_().add_(zero_point).clamp_(qmin, qmax)
-        return q.sub_(zero_point).mul_(scale)
+        return fake_quantize(x, scale, zero_point, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad):

@@ -12,6 +12,7 @@ import torch
 from onnxq.numerics import QTYPES, choose_qparams
 from onnxq.qparams import QParams
 from onnxq.spec import QuantPlan
+from onnxq.torch_eval import fake_quantize
 from onnxq.torch_ops import Unsupported, constant, run_node
 
 logger = logging.getLogger(__name__)
@@ -38,15 +39,14 @@ def _range(params: QParams) -> tuple[float, float]:
 def _fake_quantize(x: torch.Tensor, candidates: list[tuple[float, float]], qtype: str
                    ) -> torch.Tensor:
     """``x`` quantized and dequantized at each (lo, hi) candidate range, stacked on a new
-    leading axis (Q as ONNX defines it: ``x / s``, round half to even, clamp)."""
+    leading axis."""
     grid = QTYPES[qtype]
     lo, hi = (np.array(ends, np.float64) for ends in zip(*candidates, strict=True))
     scale, zero_point = choose_qparams(lo, hi, grid, grid.signed)
     shape = (len(candidates),) + (1,) * x.ndim
-    scale = torch.from_numpy(scale).reshape(shape)
-    zero_point = torch.from_numpy(zero_point.astype(np.float32)).reshape(shape)
-    q = torch.div(x, scale).round_().add_(zero_point).clamp_(grid.qmin, grid.qmax)
-    return q.sub_(zero_point).mul_(scale)
+    return fake_quantize(x, torch.from_numpy(scale).reshape(shape),
+                         torch.from_numpy(zero_point.astype(np.float32)).reshape(shape),
+                         grid.qmin, grid.qmax)
 
 
 def _reads_structure(node: ir.Node, index: int) -> bool:
