@@ -24,7 +24,7 @@ LADDER = tuple(0.7 ** k for k in range(9))
 
 
 WINDOW_ELEMENTS = 1 << 15
-"""Elements of each sample of a tensor that range refinement keeps (a centred window)."""
+"""Elements of each sample of a tensor that range refinement keeps (``sample_window``)."""
 OUTPUT_CHANNELS = 64
 """Output channels of a consumer layer through which range refinement measures error."""
 
