@@ -148,8 +148,8 @@ GUARD_SAMPLES = 8
 def _activation_samples(model: ir.Model, plan: QuantPlan, names: list[str],
                         data: Iterable[Feed], config: QuantConfig
                         ) -> dict[str, list[np.ndarray]]:
-    """Centred windows (``sample_window``) of the activations ``names`` for the first
-    REFINE_SAMPLES calibration samples."""
+    """The activations ``names`` for the first REFINE_SAMPLES calibration samples, each cut
+    to a bounded window or element subset (``sample_window``) as it arrives."""
     return collect_outputs(model, names, Limited(data, REFINE_SAMPLES),
                            window=lambda name, array: sample_window(plan, name, array),
                            device=config.device, batch_size=config.batch_size)

@@ -127,11 +127,9 @@ def _response(node: ir.Node, index: int) -> Callable[[torch.Tensor], torch.Tenso
     """What the consumer computes from input ``index``, as far as it depends on it alone:
     a Conv/Gemm/MatMul through its FP32 weight (bias left out), an elementwise activation,
     SiLU for x * Sigmoid(x); the tensor itself for anything else."""
-    if node.op_type in LINEAR_CONSUMERS and index == 0 and len(node.inputs) > 1:
-        weight = constant(node.inputs[1])
-        if weight is not None:
-            weight = _output_channel_sample(node, weight)
-            return lambda x: run_node(node, [x, weight])[0]
+    if _reads_structure(node, index):
+        weight = _output_channel_sample(node, constant(node.inputs[1]))
+        return lambda x: run_node(node, [x, weight])[0]
     if node.op_type in ELEMENTWISE_CONSUMERS:
         return lambda x: run_node(node, [x])[0]
     if _is_silu(node, index):
