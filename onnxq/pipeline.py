@@ -43,7 +43,7 @@ from onnxq.passes import (
     TolerantShapeInferencePass,
 )
 from onnxq.passes.emit_qdq import activation_readouts
-from onnxq.passes.refine_ranges import sample_window
+from onnxq.passes.refine_ranges import refinable, sample_window
 from onnxq.progress import Progress
 from onnxq.qparams import QParams, fit_int32_biases, resolve_activations, resolve_weights
 from onnxq.reconstruction import RoundingConfig
@@ -233,8 +233,9 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     if config.precalibrate:
         PreCalibrateWeightsPass(plan, weight_params)(model)
         pass_names.append("PreCalibrateWeightsPass")
-    samples = (_activation_samples(model, plan, sorted(qparams), data, config)
-               if qparams and (config.refine_ranges or config.min_sqnr is not None) else {})
+    held = (sorted(qparams) if config.min_sqnr is not None  # the guard ranks every group
+            else refinable(plan, qparams) if config.refine_ranges else [])
+    samples = _activation_samples(model, plan, held, data, config) if held else {}
     if config.refine_ranges and qparams:
         RefineActivationRangesPass(plan, qparams, samples)(model)
         pass_names.append("RefineActivationRangesPass")

@@ -18,7 +18,7 @@ from onnxq.torch_ops import Unsupported, constant, run_node
 logger = logging.getLogger(__name__)
 
 LINEAR_CONSUMERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-ELEMENTWISE_CONSUMERS = ("Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish")
+ELEMENTWISE_CONSUMERS = ("Sigmoid", "Tanh", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish")
 LADDER = tuple(0.7 ** k for k in range(9))
 """Candidate shares of each end of the observed range, 1.0 down to 0.058 (each end alone)."""
 
@@ -102,6 +102,38 @@ def _is_silu(node: ir.Node, index: int) -> bool:
     producer = other.producer() if other is not None else None
     return (node.op_type == "Mul" and producer is not None and producer.op_type == "Sigmoid"
             and producer.inputs[0] is node.inputs[index])
+
+
+SATURATING_ENDS = {"Sigmoid": (0, 1), "Tanh": (0, 1), "HardSigmoid": (0, 1), "HardSwish": (0,),
+                   "LeakyRelu": (0,), "Relu": (0,)}
+"""The ends of an elementwise consumer's input beyond which its output flattens (LeakyRelu's
+negative side is damped by its slope)."""
+
+
+def _saturating_ends(node: ir.Node, index: int) -> tuple[int, ...]:
+    """The ends (0 low, 1 high) of input ``index`` beyond which ``node``'s output stays flat;
+    SiLU (x * Sigmoid(x)) flattens below, a linear consumer nowhere."""
+    if _is_silu(node, index):
+        return (0,)
+    return SATURATING_ENDS.get(node.op_type, ()) if index == 0 else ()
+
+
+def refinable_ends(plan: QuantPlan, members: list[str]) -> tuple[int, ...]:
+    """The ends of a group's range that refinement searches: those where every consumer of
+    every member saturates.  Elsewhere clipping cuts the rare peaks that a few scoring
+    samples under-represent (a detector's confident objects), so the observed end stays."""
+    uses = [use for name in members for use in plan.uses.get(name, [])]
+    if not uses:
+        return ()
+    return tuple(end for end in (0, 1)
+                 if all(end in _saturating_ends(node, index) for node, index in uses))
+
+
+def refinable(plan: QuantPlan, activation_qparams: dict[str, QParams]) -> list[str]:
+    """The quantized activations whose group has an end that refinement searches."""
+    return sorted(name for root, members in plan.groups().items()
+                  if root in activation_qparams and refinable_ends(plan, members)
+                  for name in members)
 
 
 def _output_channel_sample(node: ir.Node, weight: torch.Tensor) -> torch.Tensor:
@@ -206,10 +238,12 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
     each consumer's output (``_response``: through a Conv/Gemm/MatMul's FP32 weight,
     through Sigmoid/SiLU/LeakyRelu, else the tensor itself), summed over consumers, on
     ``samples`` (a fixed subset of calibration tensors, one array per batch of
-    same-shaped samples).  The low end is searched first (``LADDER`` shares of it, the
-    high end observed), then the high end; each end shrinks on its own, so a SiLU input's
-    long negative tail is clipped without touching its positive range.  The observed
-    (min-max) range is kept unless a smaller one scores lower.
+    same-shaped samples).  Only the ends where every consumer saturates are searched
+    (``refinable_ends``: both ends of a Sigmoid/Tanh input, the low end of a SiLU, ReLU or
+    HardSwish input); the low end first (``LADDER`` shares of it, the high end observed),
+    then the high end, each on its own, so a SiLU input's long negative tail is clipped
+    without touching its positive range.  The observed (min-max) range is kept unless a
+    smaller one scores lower.
     """
 
     def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
@@ -223,7 +257,7 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
         """The (lo, hi) of least consumer error, or None when the observed range is best."""
         lo, hi = observed = _range(params)
         best, best_score = observed, None
-        for end in (0, 1):
+        for end in refinable_ends(self.plan, members):
             if (lo, hi)[end] == 0.0:
                 continue
             candidates = [(lo * r, hi) if end == 0 else (lo, hi * r) for r in LADDER]

@@ -50,7 +50,9 @@ def test_refinement_clips_the_silu_inputs_negative_tail(silu, tmp_path):
     out, _, refined = run(silu, tmp_path)
     assert refined > plain + 8, (plain, refined)  # measured 42.7 -> 57.6 dB
     lo, hi = silu_input_range(out)
-    assert lo > observed[0] / 3 and hi > observed[1] / 3, (observed, (lo, hi))
+    assert lo > observed[0] / 3, (observed, (lo, hi))
+    # SiLU is linear above: the high end stays where it was seen (up to the zero point's rounding)
+    assert hi == pytest.approx(observed[1], rel=0.02), (observed, (lo, hi))
 
 
 def test_guard_promotes_the_fewest_groups_that_reach_the_target(silu, tmp_path):

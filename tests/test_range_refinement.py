@@ -1,5 +1,5 @@
-"""Range refinement's bounded work (windows, candidates in one batch, sampled output
-channels) and bias correction read through the fused integer outputs."""
+"""Range refinement's searched ends, its bounded work (windows, candidates in one batch,
+sampled output channels) and bias correction read through the fused integer outputs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from onnxq.passes.refine_ranges import (
     OUTPUT_CHANNELS,
     _fake_quantize,
     consumer_error,
+    refinable_ends,
     sample_window,
 )
 
@@ -79,6 +80,34 @@ def test_candidates_are_quantized_as_onnx_defines_it():
         scale, zero_point = choose_qparams(lo, hi, QTYPES["uint8"], False)
         expected = ActivationQuant(QParams(scale, zero_point, "uint8"))(x)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def _silu_plan() -> QuantPlan:
+    """``x`` read by Sigmoid(x) and by the Mul of x * Sigmoid(x); ``y`` by a Conv too."""
+    x, y = ir.Value(name="x"), ir.Value(name="y")
+    sigmoid = ir.node("Sigmoid", [x])
+    mul = ir.node("Mul", [x, sigmoid.outputs[0]])
+    weight = ir.Value(name="w", const_value=ir.tensor(np.ones((2, 2, 1, 1), np.float32)))
+    return QuantPlan(uses={"x": [(sigmoid, 0), (mul, 0)],
+                           "y": [(ir.node("Sigmoid", [y]), 0), (ir.node("Conv", [y, weight]), 0)]})
+
+
+@pytest.mark.parametrize("op_type, index, weight, ends", [
+    ("Sigmoid", 0, False, (0, 1)), ("Tanh", 0, False, (0, 1)), ("Relu", 0, False, (0,)),
+    ("LeakyRelu", 0, False, (0,)), ("HardSwish", 0, False, (0,)), ("Conv", 0, True, ()),
+    ("MatMul", 0, True, ()), ("MatMul", 1, False, ()), ("Add", 0, False, ()),
+    ("Concat", 0, False, ()),
+])
+def test_only_the_ends_where_the_consumer_saturates_are_searched(op_type, index, weight, ends):
+    assert refinable_ends(_plan_with_use(op_type, index, weight), ["x"]) == ends
+
+
+def test_a_group_is_searched_where_all_its_consumers_saturate():
+    plan = _silu_plan()
+    assert refinable_ends(plan, ["x"]) == (0,)  # SiLU: flat below, linear above
+    assert refinable_ends(plan, ["y"]) == ()  # the Conv reads every value
+    assert refinable_ends(plan, ["x", "y"]) == ()
+    assert refinable_ends(QuantPlan(uses={}), ["x"]) == ()  # a graph output
 
 
 @pytest.mark.parametrize("op_type, weight_shape, attributes", [
