@@ -153,8 +153,31 @@ def _excluded(node: ir.Node, patterns: tuple[str, ...]) -> bool:
                for p in patterns)
 
 
+NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax"}
+"""Ops whose outputs are never negative (a uint8 grid for them starts at zero)."""
+
+
+def _non_negative(value: ir.Value | None) -> bool:
+    """Whether ``value`` comes, through pass-through ops, from a ReLU, Sigmoid or Softmax
+    (or a Clip whose minimum is a constant of at least zero)."""
+    producer = value.producer() if value is not None else None
+    while producer is not None and producer.op_type in PASS_THROUGH:
+        producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+    if producer is None:
+        return False
+    if producer.op_type == "Clip":
+        low = producer.inputs[1] if len(producer.inputs) > 1 else None
+        return (low is not None and low.const_value is not None
+                and float(low.const_value.numpy().min()) >= 0)
+    return producer.op_type in NON_NEGATIVE
+
+
 def _share_through(a: Annotator, graph: ir.Graph) -> None:
-    """Walk backwards: a quantized output of a pass-through op or Concat quantizes its inputs."""
+    """Walk backwards: a quantized output of a pass-through op or Concat quantizes its inputs
+    with the same qparams, except a Concat that joins never-negative inputs to possibly
+    signed ones: sharing would move the never-negative ones' zero point off the grid's end
+    (so ORT cannot fold their ReLU into QLinearConv) and double their step, so each input
+    gets its own grid (ORT runs QLinearConcat)."""
     for node in reversed(list(graph)):
         if node.name in a.plan.float_nodes or not node.outputs:
             continue
@@ -167,8 +190,9 @@ def _share_through(a: Annotator, graph: ir.Graph) -> None:
             indices = range(len(node.inputs))
         else:
             continue
+        signs = {_non_negative(node.inputs[i]) for i in indices}
         for i in indices:
-            if a.activation(node, i):
+            if a.activation(node, i) and len(signs) == 1:
                 a.plan.share(out, node.inputs[i].name)
 
 

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 PACKED = (ir.DataType.INT4, ir.DataType.UINT4)
 """Integer types ORT cannot hand back as numpy arrays."""
+SHAPE_READERS = ("Shape", "Size")
+"""Ops that read only their input's shape, which its DequantizeLinear output shares."""
 
 
 def activation_readouts(model: ir.Model) -> dict[str, tuple[str, bool]]:
@@ -43,7 +45,8 @@ class EmitQDQPass(ir.passes.InPlacePass):
     """Insert Q/DQ pairs for activations and DQ behind integer weights and int32 biases.
 
     Changes: every planned activation gets ``<name>_QuantizeLinear`` and
-    ``<name>_DequantizeLinear`` nodes read by the planned consumers; every planned
+    ``<name>_DequantizeLinear`` nodes read by the planned consumers (and its Shape/Size
+    readers); every planned
     weight/bias initializer is replaced by an integer initializer behind a
     DequantizeLinear, so the file really shrinks.  Scale, zero point and observer
     are written to each node's doc_string for inspection in Netron.
@@ -153,7 +156,8 @@ class EmitQDQPass(ir.passes.InPlacePass):
     def _emit_activation(self, value: ir.Value, uses: list[tuple[ir.Node, int]],
                          params: QParams) -> None:
         """Insert Q -> DQ after ``value`` (in the graph it lives in) and point the planned
-        consumers at the DQ output."""
+        consumers, and those that read only its shape, at the DQ output (a Shape left on the
+        float tensor would keep ORT from fusing its producer into QLinearConv)."""
         grid = QTYPES[params.qtype]
         producer = value.producer()
         graph = producer.graph if producer is not None else value.graph
@@ -173,5 +177,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
             graph.insert_before(graph.node(0), [q, dq])
         else:
             graph.insert_after(producer, [q, dq])
-        for node, index in uses:
+        shape_reads = [(node, index) for node, index in value.uses()
+                       if node.op_type in SHAPE_READERS]
+        for node, index in [*uses, *shape_reads]:
             node.replace_input_with(index, dq.outputs[0])

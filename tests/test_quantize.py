@@ -17,7 +17,7 @@ from onnxq.config import QuantConfig
 from onnxq.model_io import load_model
 from onnxq.pipeline import prepare
 from onnxq.qparams import resolve_weights, weight_qparams
-from onnxq.validate import compare
+from onnxq.validate import compare, optimized_op_types
 
 
 def planned(path, config=QuantConfig()):
@@ -44,10 +44,74 @@ def test_placement_lets_runtimes_fuse(small_cnn):
     assert plan.weights[gemm.inputs[1].name].axis == 0  # transB=1: rows are output channels
     (pool,) = by_op(model, "MaxPool")
     assert plan.group(pool.inputs[0].name) == plan.group(pool.outputs[0].name)
-    (concat,) = by_op(model, "Concat")
-    assert len({plan.group(v.name) for v in concat.inputs} | {plan.group(concat.outputs[0].name)}) == 1
+    (concat,) = by_op(model, "Concat")  # a signed pooled map beside a ReLU map: own grids
+    pooled, side = concat.inputs
+    assert len({plan.group(v.name) for v in (pooled, side, concat.outputs[0])}) == 3
+    assert plan.group(pooled.name) == plan.group(pool.inputs[0].name)
     (add,) = by_op(model, "Add")
     assert all(v.name in plan.activations for v in add.inputs)
+
+
+def test_a_relu_map_concatenated_with_a_signed_one_keeps_its_grid_and_fuses(small_cnn,
+                                                                           tmp_path):
+    out = tmp_path / "q.onnx"
+    quantize(small_cnn, out, image_feeds(32), QuantConfig(), quiet=True)
+    ops = Counter(optimized_op_types(out))  # side Conv + ReLU folds into QLinearConv
+    assert ops["QLinearConv"] == 4 and ops["QLinearConcat"] == 1, ops
+    assert ops["FusedConv"] == 0 and ops["Conv"] == 0, ops
+
+
+def _two_branch_model(path, second: str, shape_reader: bool = False):
+    """image -> Conv -> Relu -> r; r -> Conv -> a; r -> Conv -> [``second``] -> b;
+    Concat(a, b) -> Conv -> y (and Shape(r) as a second output when ``shape_reader``)."""
+    rng = np.random.default_rng(0)
+    weight = lambda name, cout, cin: onnx.numpy_helper.from_array(  # noqa: E731
+        rng.standard_normal((cout, cin, 1, 1)).astype(np.float32) * 0.3, name)
+    nodes = [onnx.helper.make_node("Conv", ["image", "w0"], ["c0"]),
+             onnx.helper.make_node("Relu", ["c0"], ["r"]),
+             onnx.helper.make_node("Conv", ["r", "w1"], ["a"]),
+             onnx.helper.make_node("Conv", ["r", "w2"], ["b0"]),
+             onnx.helper.make_node(second, ["b0"], ["b"]),
+             onnx.helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+             onnx.helper.make_node("Conv", ["ab", "w3"], ["y"])]
+    outputs = [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT,
+                                                  ["N", 4, 32, 32])]
+    if shape_reader:
+        nodes.append(onnx.helper.make_node("Shape", ["r"], ["r_shape"]))
+        outputs.append(onnx.helper.make_tensor_value_info("r_shape", onnx.TensorProto.INT64,
+                                                          [4]))
+    graph = onnx.helper.make_graph(
+        nodes, "two_branch",
+        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                            ["N", 3, 32, 32])],
+        outputs, [weight("w0", 8, 3), weight("w1", 4, 8), weight("w2", 4, 8),
+                  weight("w3", 4, 8)])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              path)
+    return path
+
+
+@pytest.mark.parametrize("second, shared", [("Identity", True), ("Relu", False),
+                                            ("Sigmoid", False)])
+def test_concat_shares_one_grid_only_between_inputs_of_one_sign(tmp_path, second, shared):
+    model, plan = planned(_two_branch_model(tmp_path / "m.onnx", second))
+    (concat,) = by_op(model, "Concat")
+    groups = {plan.group(v.name) for v in [*concat.inputs, concat.outputs[0]]}
+    assert len(groups) == (1 if shared else 3), groups
+
+
+def test_shape_readers_read_the_dequantized_tensor_so_its_producer_fuses(tmp_path):
+    path = _two_branch_model(tmp_path / "m.onnx", "Identity", shape_reader=True)
+    out = tmp_path / "q.onnx"
+    quantize(path, out, image_feeds(16), QuantConfig(), quiet=True)
+    model = load_model(out)
+    (shape,) = by_op(model, "Shape")
+    assert shape.inputs[0].producer().op_type == "DequantizeLinear"
+    ops = Counter(optimized_op_types(out))  # Conv + ReLU -> QLinearConv though r has a Shape
+    assert ops["QLinearConv"] == 3 and ops["FusedConv"] == 0, ops
+    assert ops["Conv"] == 1, ops  # the last one: its output (the model's) stays float
+    result = compare(load_model(path), model, image_feeds(4, seed=1))
+    assert result.outputs[0].sqnr_db > 30
 
 
 @pytest.mark.parametrize("kwargs, min_sqnr, opset", [
