@@ -104,34 +104,35 @@ def _is_silu(node: ir.Node, index: int) -> bool:
             and producer.inputs[0] is node.inputs[index])
 
 
-SATURATE_ABOVE = ("Sigmoid", "Tanh", "HardSigmoid")
-"""Elementwise consumers whose output flattens above some input value."""
+SATURATING_ENDS = {"Sigmoid": (0, 1), "Tanh": (0, 1), "HardSigmoid": (0, 1), "HardSwish": (0,),
+                   "LeakyRelu": (0,), "Relu": (0,)}
+"""The ends of an elementwise consumer's input beyond which its output flattens (LeakyRelu's
+negative side is damped by its slope)."""
+
+
+def _saturating_ends(node: ir.Node, index: int) -> tuple[int, ...]:
+    """The ends (0 low, 1 high) of input ``index`` beyond which ``node``'s output stays flat;
+    SiLU (x * Sigmoid(x)) flattens below, a linear consumer nowhere."""
+    if _is_silu(node, index):
+        return (0,)
+    return SATURATING_ENDS.get(node.op_type, ()) if index == 0 else ()
 
 
 def refinable_ends(plan: QuantPlan, members: list[str]) -> tuple[int, ...]:
-    """The ends (0 low, 1 high) of a group's range that refinement searches: the low end,
-    and the high end only where every consumer of every member flattens above it (a Sigmoid
-    or Tanh input).  Elsewhere the high end holds rare peaks that the few scoring samples
-    under-represent (a detector's confident objects): clipping them scored as free and was
-    not, so the observed high end stays.  None for a graph output."""
+    """The ends of a group's range that refinement searches: those where every consumer of
+    every member saturates.  Elsewhere clipping cuts the rare peaks that a few scoring
+    samples under-represent (a detector's confident objects), so the observed end stays."""
     uses = [use for name in members for use in plan.uses.get(name, [])]
     if not uses:
         return ()
-    high = all(node.op_type in SATURATE_ABOVE and index == 0 for node, index in uses)
-    return (0, 1) if high else (0,)
-
-
-def _searched_ends(plan: QuantPlan, members: list[str], params: QParams) -> list[int]:
-    """The refinable ends of a group that are not at zero (a ReLU output's low end is)."""
-    observed = _range(params)
-    return [end for end in refinable_ends(plan, members) if observed[end] != 0.0]
+    return tuple(end for end in (0, 1)
+                 if all(end in _saturating_ends(node, index) for node, index in uses))
 
 
 def refinable(plan: QuantPlan, activation_qparams: dict[str, QParams]) -> list[str]:
     """The quantized activations whose group has an end that refinement searches."""
     return sorted(name for root, members in plan.groups().items()
-                  if root in activation_qparams
-                  and _searched_ends(plan, members, activation_qparams[root])
+                  if root in activation_qparams and refinable_ends(plan, members)
                   for name in members)
 
 
@@ -235,13 +236,14 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
     emission pass writes) in place.  For every qparam group, candidate ranges are
     scored by the relative squared error that the activation's quantization causes at
     each consumer's output (``_response``: through a Conv/Gemm/MatMul's FP32 weight,
-    through Sigmoid/SiLU/ReLU/LeakyRelu, else the tensor itself), summed over consumers, on
+    through Sigmoid/SiLU/LeakyRelu, else the tensor itself), summed over consumers, on
     ``samples`` (a fixed subset of calibration tensors, one array per batch of
-    same-shaped samples).  The low end is searched first (``LADDER`` shares of it, the
-    high end observed), then the high end where every consumer flattens above it
-    (``refinable_ends``: a Sigmoid/Tanh input), each on its own, so a SiLU input's long
-    negative tail is clipped without touching its positive range.  The observed (min-max)
-    range is kept unless a smaller one scores lower.
+    same-shaped samples).  Only the ends where every consumer saturates are searched
+    (``refinable_ends``: both ends of a Sigmoid/Tanh input, the low end of a SiLU, ReLU or
+    HardSwish input); the low end first (``LADDER`` shares of it, the high end observed),
+    then the high end, each on its own, so a SiLU input's long negative tail is clipped
+    without touching its positive range.  The observed (min-max) range is kept unless a
+    smaller one scores lower.
     """
 
     def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
@@ -255,7 +257,9 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
         """The (lo, hi) of least consumer error, or None when the observed range is best."""
         lo, hi = observed = _range(params)
         best, best_score = observed, None
-        for end in _searched_ends(self.plan, members, params):
+        for end in refinable_ends(self.plan, members):
+            if (lo, hi)[end] == 0.0:
+                continue
             candidates = [(lo * r, hi) if end == 0 else (lo, hi * r) for r in LADDER]
             scores = consumer_error(self.plan, members, self.samples, params.qtype, candidates)
             if best_score is None:
