@@ -235,8 +235,9 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
     Changes: nothing in the graph; it updates ``activation_qparams`` (which the
     emission pass writes) in place.  For every qparam group, candidate ranges are
     scored by the relative squared error that the activation's quantization causes at
-    each consumer's output (``_response``: through a Conv/Gemm/MatMul's FP32 weight,
-    through Sigmoid/SiLU/LeakyRelu, else the tensor itself), summed over consumers, on
+    each consumer's output (``_response``: through Sigmoid/SiLU/ReLU/LeakyRelu, else the
+    tensor itself; the guard's ranking also through a Conv/Gemm/MatMul's FP32 weight),
+    summed over consumers, on
     ``samples`` (a fixed subset of calibration tensors, one array per batch of
     same-shaped samples).  Only the ends where every consumer saturates are searched
     (``refinable_ends``: both ends of a Sigmoid/Tanh input, the low end of a SiLU, ReLU or
