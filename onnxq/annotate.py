@@ -190,9 +190,10 @@ def _share_through(a: Annotator, graph: ir.Graph) -> None:
             indices = range(len(node.inputs))
         else:
             continue
-        signs = {_non_negative(node.inputs[i]) for i in indices}
+        shared = (node.op_type != "Concat"
+                  or len({_non_negative(node.inputs[i]) for i in indices}) == 1)
         for i in indices:
-            if a.activation(node, i) and len(signs) == 1:
+            if a.activation(node, i) and shared:
                 a.plan.share(out, node.inputs[i].name)
 
 

@@ -237,9 +237,8 @@ class RefineActivationRangesPass(ir.passes.InPlacePass):
     scored by the relative squared error that the activation's quantization causes at
     each consumer's output (``_response``: through Sigmoid/SiLU/ReLU/LeakyRelu, else the
     tensor itself; the guard's ranking also through a Conv/Gemm/MatMul's FP32 weight),
-    summed over consumers, on
-    ``samples`` (a fixed subset of calibration tensors, one array per batch of
-    same-shaped samples).  Only the ends where every consumer saturates are searched
+    summed over consumers, on ``samples`` (a fixed subset of calibration tensors, one array
+    per batch of same-shaped samples).  Only the ends where every consumer saturates are searched
     (``refinable_ends``: both ends of a Sigmoid/Tanh input, the low end of a SiLU, ReLU or
     HardSwish input); the low end first (``LADDER`` shares of it, the high end observed),
     then the high end, each on its own, so a SiLU input's long negative tail is clipped
