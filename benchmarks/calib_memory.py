@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 
 import click
-from onnxq.models.efficientnet_lite import export
 
-from onnxq.demo import find_imagenet_sample
+from onnxq.cli.demo import find_imagenet_sample
+from onnxq.models.efficientnet_lite import export
 
 CHILD = """
 import resource, sys
-from onnxq.cli import main
+from onnxq.cli.commands import main
 main(sys.argv[1:], standalone_mode=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

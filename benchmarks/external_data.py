@@ -57,8 +57,8 @@ def run(args: list[str], cwd: Path) -> tuple[int, str, float, float]:
 @click.option("--gb", default=1.0, show_default=True, help="Model size in GB.")
 def main(gb: float) -> None:
     """Quantize the model from its folder and from elsewhere; print a table."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
         (tmp / "model").mkdir()
         fp32 = matmul_stack(tmp / "model" / "stack.onnx", gb)
         size = sum(p.stat().st_size for p in fp32.parent.iterdir()) / 1e9

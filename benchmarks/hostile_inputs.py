@@ -21,6 +21,7 @@ import click
 import numpy as np
 import onnx
 from onnx import TensorProto
+
 from onnxq.models import hostile
 
 SECRET = "onnxq-secret-" + "s" * 2000

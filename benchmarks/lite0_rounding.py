@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import click
-from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
+from onnxq.analysis.validate import compare
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.data import ImageFolder
-from onnxq.model_io import load_model
-from onnxq.validate import compare
+from onnxq.io.data import ImageFolder
+from onnxq.io.model_io import load_model
+from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 ROWS = {

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import click
 import numpy as np
-from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
+from onnxq.analysis.validate import compare, latency_ms, optimized_op_types
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.data import ImageFolder
-from onnxq.model_io import load_model
-from onnxq.validate import compare, latency_ms, optimized_op_types
+from onnxq.io.data import ImageFolder
+from onnxq.io.model_io import load_model
+from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ort_baseline import ort_quantize_static
@@ -50,8 +50,8 @@ def main(samples: int, observer: str, json_path: str | None) -> None:
         return
     calib = ImageFolder(DATA / "calib", INPUT_NAME, PREPROCESS, samples=samples, seed=0)
     val = ImageFolder(DATA / "val", INPUT_NAME, PREPROCESS)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
         fp32 = export(tmp / "lite0.onnx")
         rows = {}
         ours = tmp / "lite0.onnxq.onnx"
@@ -66,24 +66,25 @@ def main(samples: int, observer: str, json_path: str | None) -> None:
         paths = {"fp32": fp32, **{name: row["path"] for name, row in rows.items()}}
         latency = interleaved_latency(paths, feed)
         fp32_ms = latency["fp32"]
-        for name, row in rows.items():
+        for tool, row in rows.items():
             result = compare(reference, load_model(row["path"]), val, labels=val.labels)
             ops = optimized_op_types(row["path"])
             row.update(top1=result.top1_quantized, agreement=result.top1_agreement,
-                       kl=result.kl_to_fp32, latency_ms=latency[name],
+                       kl=result.kl_to_fp32, latency_ms=latency[tool],
                        size_mb=row["path"].stat().st_size / 1e6,
                        qlinearconv=ops.count("QLinearConv"),
                        float_conv=ops.count("Conv") + ops.count("FusedConv"))
             row["fp32_top1"] = result.top1_fp32
             del row["path"]
-    header = f"{'tool':22} {'top1':>6} {'agree':>6} {'KL':>8} {'quant s':>8} {'ms':>7} " \
-             f"{'xFP32':>6} {'MB':>6} {'QLinConv':>8}"
+    header = (f"{'tool':22} {'top1':>6} {'agree':>6} {'KL':>8} {'quant s':>8} {'ms':>7} "
+              f"{'xFP32':>6} {'MB':>6} {'QLinConv':>8}")
     click.echo(f"FP32 top-1 {rows['onnxq']['fp32_top1']:.3f}, latency {fp32_ms:.2f} ms "
                f"(batch 1, 1 thread), {samples} calibration images")
     click.echo(header)
     for name, r in rows.items():
         click.echo(f"{name:22} {r['top1']:6.3f} {r['agreement']:6.3f} {r['kl']:8.5f} "
-                   f"{r['quantize_s']:8.1f} {r['latency_ms']:7.2f} {r['latency_ms'] / fp32_ms:6.2f} "
+                   f"{r['quantize_s']:8.1f} {r['latency_ms']:7.2f} "
+                   f"{r['latency_ms'] / fp32_ms:6.2f} "
                    f"{r['size_mb']:6.2f} {r['qlinearconv']:8d}")
     if json_path:
         Path(json_path).write_text(json.dumps({"fp32_latency_ms": fp32_ms, "samples": samples,

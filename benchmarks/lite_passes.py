@@ -16,13 +16,13 @@ from pathlib import Path
 
 import click
 import onnx_ir as ir
-from onnxq.models.efficientnet_lite import INPUT_NAME, VARIANTS, export, preprocess
 
+from onnxq.analysis.validate import compare
 from onnxq.config import QuantConfig
-from onnxq.data import ImageFolder
-from onnxq.model_io import load_model
+from onnxq.io.data import ImageFolder
+from onnxq.io.model_io import load_model
+from onnxq.models.efficientnet_lite import INPUT_NAME, VARIANTS, export, preprocess
 from onnxq.pipeline import quantize_model
-from onnxq.validate import compare
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 NONE = {"fuse": False, "equalize": "none", "bias_correction": "none", "refine_ranges": False}

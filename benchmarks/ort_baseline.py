@@ -34,7 +34,7 @@ def ort_quantize_static(fp32: Path, out: Path, calib: Iterable[dict]) -> float:
         # uuid-named .data file in the working folder: keep them out of the caller's
         try:
             quant_pre_process(str(fp32), str(source))
-        except Exception:  # its symbolic shape inference fails on some exports
+        except Exception:  # noqa: BLE001 - its symbolic shape inference fails on some exports
             source = fp32
         quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,

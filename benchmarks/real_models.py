@@ -22,10 +22,10 @@ from pathlib import Path
 
 import click
 import numpy as np
-from onnxq.models import suite
 
-from onnxq.sqnr_guard import output_sqnr
-from onnxq.validate import latency_ms
+from onnxq.analysis.validate import latency_ms
+from onnxq.models import suite
+from onnxq.refine.guard import output_sqnr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -56,8 +56,8 @@ def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: in
               queue) -> None:
     """In a fresh process: quantize with onnxq ``options`` (None: ORT's tool); put (seconds,
     peak RSS MB, error)."""
-    from onnxq.data import NpzFolder, model_inputs
-    from onnxq.model_io import load_model
+    from onnxq.io.data import NpzFolder, model_inputs
+    from onnxq.io.model_io import load_model
 
     data = NpzFolder(calib, model_inputs(load_model(fp32)), samples)
     try:

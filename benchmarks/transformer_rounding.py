@@ -12,12 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from onnxq.models import tiny_bert
-
+from onnxq.analysis.validate import compare
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.validate import compare
+from onnxq.io.model_io import load_model
+from onnxq.models import tiny_bert
 
 ROWS = {"nearest": {"preset": "fast"}, "nearest+BC (preset default)": {"preset": "default"},
         "adaround": {"preset": "fast", "rounding": "adaround"},
@@ -31,8 +30,8 @@ def main() -> None:
     print(f"{'opset':>5} {'rounding':28} {'cosine':>8} {'SQNR dB':>8} {'agree':>6} {'s':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for opset, fp32 in tiny_bert.exports(tmp):
-            for row, fields in ROWS.items():
-                fields = dict(fields)
+            for row, options in ROWS.items():
+                fields = dict(options)
                 config = QuantConfig.from_preset(fields.pop("preset"), weights="int4",
                                                  samples=128, min_cosine=-1, **fields)
                 out = Path(tmp) / "q.onnx"

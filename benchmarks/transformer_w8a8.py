@@ -13,12 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxq.models import tiny_bert
-
+from onnxq.analysis.validate import compare
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.validate import compare
+from onnxq.io.model_io import load_model
+from onnxq.models import tiny_bert
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ort_baseline import ort_quantize_static

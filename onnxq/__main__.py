@@ -1,5 +1,5 @@
 """``python -m onnxq`` runs the CLI."""
 
-from onnxq.cli import main
+from onnxq.cli.commands import main
 
 main()

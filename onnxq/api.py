@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.analysis.output_check import check_written
 from onnxq.config import QuantConfig
-from onnxq.data import Limited, model_inputs, random_feed
 from onnxq.errors import OnnxqError
-from onnxq.model_io import load_model, save_model
-from onnxq.output_check import check_written
+from onnxq.io.data import Limited, model_inputs, random_feed
+from onnxq.io.model_io import load_model, save_model
+from onnxq.io.tempfiles import remove_stale
 from onnxq.pipeline import QuantReport, check_reiterable, quantize_model
 from onnxq.progress import Progress
-from onnxq.tempfiles import remove_stale
+from onnxq.spec import QuantPlan
 
 
 def default_output(model_path: str | os.PathLike, config: QuantConfig) -> Path:
@@ -25,29 +26,37 @@ def default_output(model_path: str | os.PathLike, config: QuantConfig) -> Path:
     return path.with_name(f"{path.stem}.{config.weights}.onnx")
 
 
-def check_output_path(model_path: Path, output_path: Path) -> None:
+def check_output_path(model_path: Path, output_path: Path, option: str = "-o") -> None:
     """Refuse to overwrite the input model."""
     same = output_path.exists() and output_path.resolve() == model_path.resolve()
     if same or output_path.absolute() == model_path.absolute():
         raise OnnxqError(f"output path {output_path} is the input model; "
-                         "choose another -o path (the input is never overwritten)")
+                         f"choose another {option} path (the input is never overwritten)")
 
 
 def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | None,
              calibration: Iterable[Mapping[str, np.ndarray]] | None,
              config: QuantConfig | None = None, quiet: bool = False,
-             model: ir.Model | None = None) -> QuantReport:
+             model: ir.Model | None = None, plan: QuantPlan | None = None,
+             plan_out: str | os.PathLike | None = None) -> QuantReport:
     """Quantize the model at ``model_path`` and write the QDQ model to ``output_path``.
 
     ``calibration`` is any iterable of feed dicts ``{input_name: array}`` (each with a
-    batch dim), e.g. :class:`onnxq.data.ImageFolder`; at most ``config.samples`` are used.
+    batch dim), e.g. :class:`onnxq.io.data.ImageFolder`; at most ``config.samples`` are used.
     It may be None for weight-only quantization (``activations="none"``).
     ``model`` is the model at ``model_path`` when the caller has already loaded it.
+    ``plan`` (``QuantPlan.from_json`` of an edited ``plan_out``) replaces annotation;
+    ``plan_out`` is where the run's plan is written, after the model.
     """
     config = config or QuantConfig()
     model_path = Path(model_path)
     output_path = Path(output_path) if output_path else default_output(model_path, config)
     check_output_path(model_path, output_path)
+    if plan_out is not None:
+        plan_out = Path(plan_out)
+        check_output_path(model_path, plan_out, "--plan-out")
+        if plan_out.absolute() == output_path.absolute():
+            raise OnnxqError(f"--plan-out {plan_out} is the output model's path; choose another")
     remove_stale()  # what killed runs left in the temporary folder
     remove_stale(output_path.parent)  # and beside their outputs
     check_reiterable(calibration, config)
@@ -58,7 +67,7 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
         total = min(total, config.samples)
     data = None if calibration is None else Remembered(Limited(calibration, config.samples))
     inputs = model_inputs(model)
-    report = quantize_model(model, data, config, Progress(quiet), total=total)
+    report = quantize_model(model, data, config, Progress(quiet), total=total, plan=plan)
 
     def verify(written: Path) -> None:
         feed = data.first if data is not None else None
@@ -68,6 +77,8 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
                                              config.device, random=data is None)
 
     save_model(model, output_path, verify)
+    if plan_out is not None:
+        plan_out.write_text(report.plan)
     return report
 
 

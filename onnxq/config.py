@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from onnxq.errors import OnnxqError
-from onnxq.numerics import QTYPES
-from onnxq.observers import OBSERVERS
+from onnxq.numerics.affine import QTYPES
+from onnxq.numerics.observers import OBSERVERS
 
 WEIGHT_TYPES = ("int8", "int4")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "none")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from onnxq.cli import main
+from onnxq.cli.commands import main
 
 
 def invoke(*args):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from onnxq.models import synthetic, tiny_bert
 
-from onnxq.demo import find_imagenet_sample
+from onnxq.cli.demo import find_imagenet_sample
+from onnxq.models import synthetic, tiny_bert
 
 
 @pytest.fixture(scope="session")

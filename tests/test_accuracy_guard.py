@@ -7,12 +7,12 @@ import collections
 import onnx
 import pytest
 from cli_helpers import assert_one_line_error, invoke
-from onnxq.models import suite, synthetic
 
+from onnxq.analysis.validate import optimized_op_types
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.sqnr_guard import output_sqnr
-from onnxq.validate import optimized_op_types
+from onnxq.models import suite, synthetic
+from onnxq.refine.guard import output_sqnr
 
 
 @pytest.fixture(scope="module")

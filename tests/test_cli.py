@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, invoke
+
+from onnxq.io.model_io import load_model
 from onnxq.models import suite, tiny_bert
 from onnxq.models.synthetic import image_feeds
-
-from onnxq.model_io import load_model
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_unwritable_output_folder(small_cnn, npz, tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     # root may write anywhere, so the permission answer is simulated
-    monkeypatch.setattr("onnxq.model_io.os.access", lambda path, mode: Path(path) != locked)
+    monkeypatch.setattr("onnxq.io.model_io.os.access", lambda path, mode: Path(path) != locked)
     assert_one_line_error(invoke("quantize", small_cnn, "--calib", npz, "-o", locked / "x.onnx"),
                           "not writable")
     assert not any(locked.iterdir())

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from cli_helpers import invoke
 from onnx import TensorProto
-from onnxq.models import hostile
 
-from onnxq.model_io import load_model
-from onnxq.output_check import cosine
+from onnxq.analysis.output_check import cosine
+from onnxq.io.model_io import load_model
+from onnxq.models import hostile
 
 
 def _body_ops(path) -> list[list[str]]:
@@ -61,8 +61,9 @@ def test_loop_body_with_outer_scope_weights_is_calibrated_and_quantized(tmp_path
 
 def test_recurrent_weights_are_stored_in_int8(tmp_path):
     torch = pytest.importorskip("torch")
-    from onnxq.models.torch_export import export_module
     from torch import nn
+
+    from onnxq.models.torch_export import export_module
 
     class Net(nn.Module):
         def __init__(self) -> None:

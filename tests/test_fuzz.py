@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from cli_helpers import assert_one_line_error, invoke
 from onnx import TensorProto
+
 from onnxq.models import hostile
 
 CASES = 1000

@@ -1,4 +1,5 @@
-"""Fusion, cross-layer equalization and bias correction: exactness, negative cases, error reduction."""
+"""Fusion, cross-layer equalization and bias correction: exactness, negative cases, error
+reduction."""
 
 from collections import Counter
 
@@ -7,21 +8,17 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnxq.models.synthetic import image_feeds
-from onnxq.passes import (
-    CrossLayerEqualizationPass,
-    FoldConstantsPass,
-    FuseBatchNormPass,
-    FuseMatMulAddPass,
-)
-from onnxq.passes.cross_layer_equalization import _in_channel_view
-from onnxq.passes.fuse_batchnorm import BN_STATS
 
 from onnxq.api import quantize
-from onnxq.calibration import channel_means
+from onnxq.calibrate.stream import channel_means
 from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.pipeline import prepare
+from onnxq.io.model_io import load_model
+from onnxq.models.synthetic import image_feeds
+from onnxq.prepare.cross_layer_equalization import CrossLayerEqualizationPass, _in_channel_view
+from onnxq.prepare.fold_constants import FoldConstantsPass
+from onnxq.prepare.fuse_batchnorm import BN_STATS, FuseBatchNormPass
+from onnxq.prepare.fuse_matmul_add import FuseMatMulAddPass
+from onnxq.prepare.stage import prepare
 
 
 def run(model: ir.Model, feed: dict, optimize: bool = True) -> np.ndarray:
@@ -63,9 +60,8 @@ def parse(text: str, data: int = 1, seed: int = 0, **values) -> ir.Model:
 
 
 def lite_feed(imagenet_sample, count: int = 8) -> dict:
+    from onnxq.io.data import ImageFolder
     from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
-
-    from onnxq.data import ImageFolder
 
     images = ImageFolder(imagenet_sample / "val", INPUT_NAME, PREPROCESS, samples=count)
     return {INPUT_NAME: np.concatenate([f[INPUT_NAME] for f in images])}
@@ -244,7 +240,8 @@ def test_presets_record_their_passes(small_cnn, tmp_path):
         out = tmp_path / f"{preset}.onnx"
         reports[preset] = quantize(small_cnn, out, image_feeds(16),
                                    QuantConfig.from_preset(preset), quiet=True)
-        assert load_model(out).metadata_props["onnxq.report"] == reports[preset].to_json(stored=True)
+        stored = load_model(out).metadata_props["onnxq.report"]
+        assert stored == reports[preset].to_json(stored=True)
     assert "EmpiricalBiasCorrectionPass" not in reports["fast"].passes
     assert {"FuseBatchNormPass", "EmpiricalBiasCorrectionPass",
             "RefineActivationRangesPass"} <= set(reports["default"].passes)

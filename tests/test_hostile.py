@@ -20,11 +20,11 @@ import onnxruntime as ort
 import pytest
 from cli_helpers import assert_one_line_error, invoke
 from onnx import TensorProto
-from onnxq.models import hostile
 
-from onnxq.model_io import load_model
-from onnxq.observers import MinMaxObserver
-from onnxq.output_check import cosine
+from onnxq.analysis.output_check import cosine
+from onnxq.io.model_io import load_model
+from onnxq.models import hostile
+from onnxq.numerics.observers import MinMaxObserver
 
 OPENED: list[str] = []
 _WATCH = {"on": False}
@@ -393,7 +393,7 @@ def test_a_later_run_removes_what_sigkill_left(work, slow_job):
     proc.kill()
     proc.communicate(timeout=60)
     assert list((work / "tmp").glob("onnxq-*"))  # SIGKILL cannot be caught: files stay
-    quick = slow_job[:8] + ["--iters", "1", "--cache-mb", "0", "-o", "again.onnx"]
+    quick = [*slow_job[:8], "--iters", "1", "--cache-mb", "0", "-o", "again.onnx"]
     again = _spawn(work, *quick, tmpdir=work / "tmp")
     again.communicate(timeout=300)
     assert again.returncode == 0

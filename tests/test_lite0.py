@@ -1,13 +1,13 @@
 """EfficientNet-Lite0 on the real ImageNet sample (skipped when ../shared/data is absent)."""
 
 import pytest
-from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
 
+from onnxq.analysis.validate import compare, optimized_op_types
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.data import ImageFolder
-from onnxq.model_io import load_model
-from onnxq.validate import compare, optimized_op_types
+from onnxq.io.data import ImageFolder
+from onnxq.io.model_io import load_model
+from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def results(lite0, data, tmp_path_factory):
     reference = load_model(lite0)
     for correction in ("none", "empirical"):
         path = tmp_path_factory.mktemp("q") / f"lite0.bc{correction}.onnx"
-        quantize(lite0, path, calib, QuantConfig(samples=64, bias_correction=correction), quiet=True)
+        quantize(lite0, path, calib, QuantConfig(samples=64, bias_correction=correction),
+                 quiet=True)
         out[correction] = (path, compare(reference, load_model(path), val, labels=val.labels))
     return out
 

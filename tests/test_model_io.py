@@ -3,11 +3,11 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnxq.models.synthetic import image_feeds
 
-from onnxq import model_io
 from onnxq.errors import OnnxqError
-from onnxq.model_io import load_model, save_model
+from onnxq.io import model_io
+from onnxq.io.model_io import load_model, save_model
+from onnxq.models.synthetic import image_feeds
 
 
 def test_large_models_are_saved_with_external_data_and_reload(small_cnn, tmp_path, monkeypatch):
@@ -27,7 +27,7 @@ def test_missing_external_data_is_named(small_cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
     save_model(load_model(small_cnn), tmp_path / "big.onnx")
     (tmp_path / "big.onnx.data").unlink()
-    with pytest.raises(OnnxqError, match="external data 'big.onnx.data' .* is missing"):
+    with pytest.raises(OnnxqError, match=r"external data 'big.onnx.data' .* is missing"):
         load_model(tmp_path / "big.onnx")
 
 
@@ -42,7 +42,7 @@ def test_empty_file_and_folder_are_rejected(tmp_path):
 def test_checker_reads_no_external_data_of_constant_nodes(tmp_path, monkeypatch):
     from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
-    from onnxq.model_io import check_model
+    from onnxq.io.model_io import check_model
 
     w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
     (tmp_path / "w.bin").write_bytes(w.raw_data)

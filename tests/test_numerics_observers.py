@@ -3,7 +3,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from onnxq.numerics import (
+from onnxq.numerics.affine import (
     QTYPES,
     choose_qparams,
     fake_quantize,
@@ -11,7 +11,12 @@ from onnxq.numerics import (
     quantize,
     sqnr_db,
 )
-from onnxq.observers import ChannelMeanObserver, HistogramObserver, MinMaxObserver, make_observer
+from onnxq.numerics.observers import (
+    ChannelMeanObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    make_observer,
+)
 
 
 def test_asymmetric_nonnegative_range_has_zero_point_at_qmin():
@@ -35,7 +40,8 @@ def test_quantize_matches_onnxruntime_quantizelinear():
     graph = ir.Graph([node.inputs[0]], node.outputs, nodes=[node],
                      initializers=[node.inputs[1], node.inputs[2]], opset_imports={"": 17})
     proto = ir.to_proto(ir.Model(graph, ir_version=8)).SerializeToString()
-    expected = ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
     ours = quantize(x, np.array(scale), np.array(zp), QTYPES["uint8"])
     np.testing.assert_array_equal(ours, expected.astype(np.int64))
 
@@ -97,7 +103,8 @@ def test_clipping_observers_clip_rare_outliers(method):
 
 
 def test_channel_mean_observer_matches_numpy():
-    x = np.random.default_rng(0).standard_normal((6, 4, 5, 5)).astype(np.float32) + np.arange(4)[:, None, None]
+    x = (np.random.default_rng(0).standard_normal((6, 4, 5, 5)).astype(np.float32)
+         + np.arange(4)[:, None, None])
     observer = ChannelMeanObserver()
     observer.update(x[:2])
     observer.update(x[2:])

@@ -7,17 +7,15 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
-from onnxq.models.synthetic import image_feeds
-from onnxq.passes import (
-    FoldConstantsPass,
-    FusePadIntoConvPass,
-    OpsetUpgradePass,
-    TolerantShapeInferencePass,
-)
 
 from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.pipeline import prepare
+from onnxq.io.model_io import load_model
+from onnxq.models.synthetic import image_feeds
+from onnxq.prepare.fold_constants import FoldConstantsPass
+from onnxq.prepare.fuse_pad_into_conv import FusePadIntoConvPass
+from onnxq.prepare.opset_upgrade import OpsetUpgradePass
+from onnxq.prepare.stage import prepare
+from onnxq.prepare.tolerant_shape_inference import TolerantShapeInferencePass
 
 
 def run(model: ir.Model, feed: dict) -> np.ndarray:
@@ -126,9 +124,8 @@ def test_shape_inference_tolerates_unknown_ops_and_dynamic_dims():
 
 def test_prepare_is_exact_on_lite0(lite0, imagenet_sample):
     """Fold/fuse passes leave EfficientNet-Lite0's outputs unchanged on real images."""
+    from onnxq.io.data import ImageFolder
     from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
-
-    from onnxq.data import ImageFolder
 
     images = ImageFolder(imagenet_sample / "val", INPUT_NAME, PREPROCESS, samples=4)
     feed = {INPUT_NAME: np.concatenate([f[INPUT_NAME] for f in images])}

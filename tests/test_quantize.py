@@ -6,21 +6,22 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+
+from onnxq.analysis.validate import compare, optimized_op_types
+from onnxq.api import quantize
+from onnxq.calibrate.stream import channel_means
+from onnxq.config import QuantConfig
+from onnxq.io.model_io import load_model
 from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
-from onnxq.passes import EmpiricalBiasCorrectionPass
-
-from onnxq.annotate import annotate
-from onnxq.api import quantize
-from onnxq.calibration import channel_means
-from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.pipeline import prepare
-from onnxq.qparams import resolve_weights, weight_qparams
-from onnxq.validate import compare, optimized_op_types
+from onnxq.plan.annotate import annotate
+from onnxq.plan.qparams import resolve_weights, weight_qparams
+from onnxq.prepare.stage import prepare
+from onnxq.refine.bias_correction import EmpiricalBiasCorrectionPass
 
 
-def planned(path, config=QuantConfig()):
+def planned(path, config: QuantConfig | None = None):
+    config = config or QuantConfig()
     model = load_model(path)
     prepare(model, config)
     return model, annotate(model, config)
@@ -121,7 +122,8 @@ def test_shape_readers_read_the_dequantized_tensor_so_its_producer_fuses(tmp_pat
     ({"weights": "int4"}, 25.0, 21),
     ({"observer": "mse"}, 35.0, 17),
 ])
-def test_quantized_small_cnn_is_valid_smaller_and_close(small_cnn, tmp_path, kwargs, min_sqnr, opset):
+def test_quantized_small_cnn_is_valid_smaller_and_close(small_cnn, tmp_path, kwargs, min_sqnr,
+                                                        opset):
     out = tmp_path / "q.onnx"
     report = quantize(small_cnn, out, image_feeds(32), QuantConfig(**kwargs), quiet=True)
     onnx.checker.check_model(str(out), full_check=True)

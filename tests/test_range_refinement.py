@@ -4,29 +4,42 @@ sampled output channels) and bias correction read through the fused integer outp
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 import torch
+
+from onnxq.calibrate.stream import calibrate, channel_means
+from onnxq.config import QuantConfig
+from onnxq.emit.qdq import activation_readouts
+from onnxq.emit.simulate import quantized_copy
+from onnxq.io.model_io import load_model
 from onnxq.models import synthetic
-from onnxq.passes.emit_qdq import activation_readouts
-from onnxq.passes.refine_ranges import (
+from onnxq.numerics.affine import QTYPES, choose_qparams
+from onnxq.plan.annotate import annotate
+from onnxq.plan.qparams import QParams, resolve_activations, resolve_weights
+from onnxq.prepare.stage import prepare
+from onnxq.refine.ranges import (
+    ELEMENTWISE_CONSUMERS,
     OUTPUT_CHANNELS,
     _fake_quantize,
     consumer_error,
     refinable_ends,
     sample_window,
 )
-
-from onnxq.annotate import annotate
-from onnxq.calibration import calibrate, channel_means
-from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.numerics import QTYPES, choose_qparams
-from onnxq.pipeline import prepare
-from onnxq.qparams import QParams, resolve_activations, resolve_weights
-from onnxq.simulate import quantized_copy
+from onnxq.refine.rounding.torch_block import ActivationQuant
 from onnxq.spec import QuantPlan
-from onnxq.torch_eval import ActivationQuant
+
+
+def _plan(uses: dict[str, list[tuple[ir.Node, int]]]) -> QuantPlan:
+    """A plan whose ``uses`` read the given nodes (named here when they have no name)."""
+    nodes = {}
+    for k, node in enumerate(node for pairs in uses.values() for node, _ in pairs):
+        node.name = node.name or f"node_{k}"
+        nodes[node.name] = node
+    return QuantPlan(uses={name: [(node.name, index) for node, index in pairs]
+                           for name, pairs in uses.items()}, nodes=nodes)
 
 
 def _plan_with_use(op_type: str, index: int = 0, weight: bool = True) -> QuantPlan:
@@ -36,7 +49,7 @@ def _plan_with_use(op_type: str, index: int = 0, weight: bool = True) -> QuantPl
     other = ir.Value(name="w", const_value=ir.tensor(np.ones((2, 2), np.float32))
                      if weight else None)
     node = ir.node(op_type, [x, other] if index == 0 else [other, x])
-    return QuantPlan(uses={"x": [(node, index)]})
+    return _plan({"x": [(node, index)]})
 
 
 def test_window_cuts_only_a_convs_spatial_axes_to_the_element_limit():
@@ -72,14 +85,14 @@ def test_elementwise_consumers_get_a_spread_of_every_channel(plan):
 
 def test_candidates_are_quantized_as_onnx_defines_it():
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((3, 4, 9, 9)).astype(np.float32) * 4)
+    x = rng.standard_normal((3, 4, 9, 9)).astype(np.float32) * 4
     candidates = [(-12.0, 12.0), (-3.0, 9.0), (-0.5, 2.0), (0.0, 5.0)]
     stacked = _fake_quantize(x, candidates, "uint8")
     assert stacked.shape == (len(candidates), *x.shape)
     for (lo, hi), got in zip(candidates, stacked, strict=True):
         scale, zero_point = choose_qparams(lo, hi, QTYPES["uint8"], False)
-        expected = ActivationQuant(QParams(scale, zero_point, "uint8"))(x)
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        expected = ActivationQuant(QParams(scale, zero_point, "uint8"))(torch.from_numpy(x))
+        np.testing.assert_array_equal(got, expected.numpy())
 
 
 def _silu_plan() -> QuantPlan:
@@ -88,8 +101,8 @@ def _silu_plan() -> QuantPlan:
     sigmoid = ir.node("Sigmoid", [x])
     mul = ir.node("Mul", [x, sigmoid.outputs[0]])
     weight = ir.Value(name="w", const_value=ir.tensor(np.ones((2, 2, 1, 1), np.float32)))
-    return QuantPlan(uses={"x": [(sigmoid, 0), (mul, 0)],
-                           "y": [(ir.node("Sigmoid", [y]), 0), (ir.node("Conv", [y, weight]), 0)]})
+    return _plan({"x": [(sigmoid, 0), (mul, 0)],
+                  "y": [(ir.node("Sigmoid", [y]), 0), (ir.node("Conv", [y, weight]), 0)]})
 
 
 @pytest.mark.parametrize("op_type, index, weight, ends", [
@@ -126,12 +139,12 @@ def test_sampled_output_channels_estimate_the_full_layer_error(op_type, weight_s
     weight = ir.Value(name="w", const_value=ir.tensor(
         rng.standard_normal(weight_shape).astype(np.float32)))
     node = ir.node(op_type, [x, weight], attributes=attributes)
-    plan = QuantPlan(uses={"x": [(node, 0)]})
+    plan = _plan({"x": [(node, 0)]})
     candidates = [(0.0, float(array.max()) * share) for share in (1.0, 0.5, 0.25, 0.1, 0.02)]
     sampled = consumer_error(plan, ["x"], {"x": [array]}, "uint8", candidates)
-    monkeypatch.setattr("onnxq.passes.refine_ranges.OUTPUT_CHANNELS", 10**9)
+    monkeypatch.setattr("onnxq.refine.ranges.OUTPUT_CHANNELS", 10**9)
     full = consumer_error(plan, ["x"], {"x": [array]}, "uint8", candidates)
-    assert OUTPUT_CHANNELS < max(weight_shape)  # the sampled run really cut channels
+    assert max(weight_shape) > OUTPUT_CHANNELS  # the sampled run really cut channels
     np.testing.assert_allclose(sampled, full, rtol=0.25)
     assert np.argmin(sampled) == np.argmin(full)
 
@@ -143,7 +156,7 @@ def test_bias_correction_reads_the_integer_outputs_without_losing_the_means(smal
     plan = annotate(model, config)
     feeds = synthetic.image_feeds(8, 0)
     qparams = resolve_activations(plan, calibrate(model, plan, feeds))
-    copy = quantized_copy(model, config, qparams, resolve_weights(model, plan))
+    copy = quantized_copy(model, plan, qparams, resolve_weights(model, plan))
     readouts = activation_readouts(copy)
     names = sorted(readouts)
     assert len(names) >= 3 and all(integer for _, integer in readouts.values()), readouts
@@ -162,3 +175,22 @@ def _dequantized_name(model: ir.Model, name: str) -> str:
             return next(user.outputs[0].name for user, _ in node.outputs[0].uses()
                         if user.op_type == "DequantizeLinear")
     raise KeyError(name)
+
+
+@pytest.mark.parametrize("op_type, attributes", [
+    ("Sigmoid", {}), ("Tanh", {}), ("Relu", {}), ("LeakyRelu", {"alpha": 0.1}),
+    ("HardSigmoid", {"alpha": 0.25, "beta": 0.4}), ("HardSwish", {}),
+])
+def test_numpy_consumers_compute_what_onnx_runtime_does(op_type, attributes):
+    x = np.random.default_rng(2).standard_normal((4, 3, 33)).astype(np.float32) * 12
+    x[0, 0, :4] = [-120.0, 120.0, 0.0, -0.0]
+    node = onnx.helper.make_node(op_type, ["x"], ["y"], **attributes)
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, x.shape)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    got = ELEMENTWISE_CONSUMERS[op_type](ir.from_proto(model).graph[0], x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import collections
 
 import pytest
-from onnxq.models import suite
 
+from onnxq.analysis.validate import optimized_op_types
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
-from onnxq.data import NpzFolder, model_inputs
-from onnxq.model_io import load_model
-from onnxq.validate import optimized_op_types
+from onnxq.io.data import NpzFolder, model_inputs
+from onnxq.io.model_io import load_model
+from onnxq.models import suite
 
 # model -> (preset, calibration samples, evaluation samples, metric, floor at these counts);
 # CRAFT's 512x384 pages take ~0.5 s a pass, so CI runs its fast preset

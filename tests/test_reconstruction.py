@@ -6,22 +6,22 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-from onnxq.models.synthetic import image_feeds
-from onnxq.passes import LearnedRoundingPass
 
-from onnxq.annotate import annotate
+from onnxq.analysis.validate import compare
 from onnxq.api import quantize
-from onnxq.calibration import calibrate
+from onnxq.calibrate.stream import calibrate
 from onnxq.config import QuantConfig
-from onnxq.model_io import load_model
-from onnxq.numerics import sqnr_db
-from onnxq.pipeline import prepare
-from onnxq.qparams import resolve_activations, resolve_weights
-from onnxq.reconstruction import RoundingConfig
-from onnxq.simulate import quantized_copy
-from onnxq.subgraphs import cut_blocks
-from onnxq.torch_eval import TorchBlock
-from onnxq.validate import compare
+from onnxq.emit.simulate import quantized_copy
+from onnxq.io.model_io import load_model
+from onnxq.models.synthetic import image_feeds
+from onnxq.numerics.affine import sqnr_db
+from onnxq.plan.annotate import annotate
+from onnxq.plan.qparams import resolve_activations, resolve_weights
+from onnxq.prepare.stage import prepare
+from onnxq.refine.rounding.blocks import cut_blocks
+from onnxq.refine.rounding.learned_rounding import LearnedRoundingPass
+from onnxq.refine.rounding.reconstruct import RoundingConfig
+from onnxq.refine.rounding.torch_block import TorchBlock
 
 
 def ort_outputs(model: ir.Model, names: list[str], feed: dict) -> dict[str, np.ndarray]:
@@ -59,9 +59,8 @@ def test_lite0_cuts_into_residual_blocks(lite0):
 
 
 def test_lite0_block_matches_onnxruntime_fp32_and_quantized(lite0, imagenet_sample):
+    from onnxq.io.data import ImageFolder
     from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
-
-    from onnxq.data import ImageFolder
 
     images = list(ImageFolder(imagenet_sample / "calib", INPUT_NAME, PREPROCESS, samples=8))
     config = QuantConfig(weights="int4")
@@ -72,7 +71,7 @@ def test_lite0_block_matches_onnxruntime_fp32_and_quantized(lite0, imagenet_samp
     module = TorchBlock(block, plan, qparams, weights, learn_bias=False)
     module.set_soft(False)
     (name_in,), (name_out,) = block.inputs, block.outputs
-    for quantized, network in ((False, model), (True, quantized_copy(model, config, qparams,
+    for quantized, network in ((False, model), (True, quantized_copy(model, plan, qparams,
                                                                       weights))):
         expected = ort_outputs(network, [name_in, name_out], feed)
         with torch.no_grad():
@@ -109,7 +108,7 @@ def test_write_back_puts_the_learned_integers_in_the_qdq_model(small_cnn, learn_
     assert any(moved) == learn_scale  # learned scales reach the emitted qparams
     learned = {name: model.graph.initializers[name].const_value.numpy().copy()
                for name in plan.weights}
-    emitted = quantized_copy(model, config, qparams, weights)
+    emitted = quantized_copy(model, plan, qparams, weights)
     for name, value in learned.items():
         q = emitted.graph.initializers[f"{name}_quantized"].const_value.numpy().astype(np.float32)
         scale = weights[name].scale.reshape([-1] + [1] * (q.ndim - 1)) if q.ndim > 1 else \
@@ -171,9 +170,8 @@ def test_block_with_unknown_op_falls_back_to_nearest_with_a_note(tmp_path):
 
 
 def test_mean_preserving_rounding_keeps_channel_sums():
-    from onnxq.passes.precalibrate_weights import kl_scales, mean_preserving_round
-
-    from onnxq.numerics import QTYPES
+    from onnxq.numerics.affine import QTYPES
+    from onnxq.refine.precalibrate import kl_scales, mean_preserving_round
 
     grid = QTYPES["int4"]
     rows = np.random.default_rng(0).standard_normal((6, 200)) * np.arange(1, 7)[:, None]
@@ -226,7 +224,7 @@ def test_weight_ranges_are_mse_clipped_under_learned_rounding_only(small_cnn, tm
 
 
 def test_fisher_projection_covariance_is_the_softmax_kl_hessian():
-    from onnxq.fisher import _projection
+    from onnxq.refine.rounding.fisher import _projection
 
     logits = torch.tensor([[2.0, 0.5, -1.0, 0.0]]).repeat(40000, 1)
     r = _projection(logits, torch.Generator().manual_seed(0))
@@ -236,8 +234,8 @@ def test_fisher_projection_covariance_is_the_softmax_kl_hessian():
 
 
 def test_fisher_weights_follow_the_output_sensitivity():
-    from onnxq.fisher import output_sensitivity
-    from onnxq.sample_store import SampleStore
+    from onnxq.refine.rounding.fisher import output_sensitivity
+    from onnxq.refine.rounding.sample_store import SampleStore
 
     # logits y = the first two channels of h = 3 x; h's last two channels never reach y
     model = ir.from_proto(onnx.parser.parse_model("""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from onnxq.errors import OnnxqError
-from onnxq.sample_store import SampleStore
+from onnxq.refine.rounding.sample_store import SampleStore
 
 
 def batches(count: int, seed: int = 0):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from onnxq.qparams import QParams
-from onnxq.torch_eval import ActivationQuant
-from onnxq.torch_ops import OPS, Unsupported, run_node
+from onnxq.plan.qparams import QParams
+from onnxq.refine.rounding.torch_block import ActivationQuant
+from onnxq.refine.rounding.torch_ops import OPS, Unsupported, run_node
 
 RNG = np.random.default_rng(0)
 
@@ -73,9 +73,10 @@ def _single_node_model(op, inputs, constants, attrs):
     names = [f"in{i}" for i in range(len(inputs))]
     graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
                                                   a.shape)
-                    for n, a, i in zip(names, inputs, range(len(inputs))) if i not in constants]
+                    for i, (n, a) in enumerate(zip(names, inputs, strict=True))
+                    if i not in constants]
     initializers = [onnx.numpy_helper.from_array(a, n)
-                    for n, a, i in zip(names, inputs, range(len(inputs))) if i in constants]
+                    for i, (n, a) in enumerate(zip(names, inputs, strict=True)) if i in constants]
     node = helper.make_node(op, names, ["out"], **attrs)
     graph = helper.make_graph([node], "g", graph_inputs, [helper.make_empty_tensor_value_info(
         "out")], initializers)

@@ -1,0 +1,1 @@
+"""Analysis: compare, time, inspect and check quantized models."""

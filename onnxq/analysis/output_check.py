@@ -1,0 +1,74 @@
+"""The check every written model passes before it is reported: ONNX Runtime loads it as a
+user would (default graph optimizations), its outputs are finite and close to FP32 on a
+calibration sample, and the fused graph agrees with the plain QDQ graph."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from onnxq.errors import OnnxqError
+from onnxq.io.runtime import open_session, run
+
+FUSED_FLOOR = 0.99
+"""Least cosine between ORT's optimized (fused) run and the unfused QDQ graph: both compute
+the same integers, so anything lower is a runtime problem, not quantization error."""
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flattened arrays (1.0 for two zero arrays)."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return 1.0 if norms == 0 and not np.any(a - b) else float(a @ b / max(norms, 1e-300))
+
+
+def _outputs(source: str, feed: Mapping[str, np.ndarray], device: str,
+             optimize: bool = True) -> dict[str, np.ndarray]:
+    session = open_session(source, device, optimize=optimize)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, run(session, names, dict(feed)), strict=True))
+
+
+def check_written(fp32_path: Path, written: Path, feed: Mapping[str, np.ndarray],
+                  min_cosine: float, device: str = "cpu", random: bool = False) -> float:
+    """Raise a one-line error unless ``written`` runs, is finite and has, on ``feed``, a
+    cosine to FP32 of at least ``min_cosine`` on every output; return the lowest cosine.
+    With a ``random`` feed (no calibration data), a reference that cannot run it skips
+    the comparison with a warning."""
+    try:
+        reference = _outputs(str(fp32_path), feed, device)
+    except OnnxqError:
+        if not random:
+            raise
+        warnings.warn("the written model was not compared with FP32: the model does not run "
+                      "on a random sample (no calibration data)", stacklevel=2)
+        return float("nan")
+    fused = _outputs(str(written), feed, device)
+    plain = _outputs(str(written), feed, device, optimize=False)
+    worst = 1.0
+    for name, ref in reference.items():
+        got = fused[name]
+        if got.shape != ref.shape:
+            raise OnnxqError(f"the quantized model's output '{name}' has shape "
+                             f"{list(got.shape)}, FP32 {list(ref.shape)}; nothing was written")
+        if got.dtype.kind != "f":
+            continue
+        finite = np.isfinite(ref)  # where FP32 itself computes inf/nan, nothing is asked
+        if not np.isfinite(got[finite]).all():
+            raise OnnxqError(f"the quantized model's output '{name}' holds inf/nan where FP32 "
+                             "is finite on a calibration sample; nothing was written")
+        agreement = cosine(got[finite], plain[name][finite])
+        if agreement < FUSED_FLOOR:
+            raise OnnxqError(f"ONNX Runtime's optimized graph disagrees with the QDQ model on "
+                             f"output '{name}' (cosine {agreement:.3f}): a runtime fusion "
+                             "problem; nothing was written (try other --activations)")
+        worst = min(worst, cosine(got[finite], ref[finite]))
+    if worst < min_cosine:
+        raise OnnxqError(f"the quantized model is far from FP32: output cosine {worst:.3f} on "
+                         f"a calibration sample, below --min-cosine {min_cosine:g}; nothing was "
+                         "written (try --weights int8, --rounding brecq, or --min-cosine -1 to "
+                         "keep it)")
+    return worst

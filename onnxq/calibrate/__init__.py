@@ -1,0 +1,1 @@
+"""Calibrate: stream calibration data through ONNX Runtime and reduce statistics on the fly."""

@@ -1,0 +1,1 @@
+"""The command line: ``onnxq quantize``, ``validate``, ``inspect`` and the default demo."""

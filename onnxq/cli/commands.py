@@ -1,0 +1,325 @@
+"""The ``onnxq`` command line: quantize, validate, inspect."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from onnxq.config import (
+    ACTIVATION_TYPES,
+    BIAS_CORRECTION,
+    EQUALIZE,
+    LOSSES,
+    PRESETS,
+    ROUNDING,
+    WEIGHT_OBSERVERS,
+    WEIGHT_TYPES,
+    QuantConfig,
+)
+from onnxq.errors import OnnxqError
+from onnxq.numerics.observers import OBSERVERS
+from onnxq.spec import QuantPlan
+
+
+def _echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind so that temporary files are removed on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def _one_line_errors(func):
+    """Report OnnxqError (and anything unexpected) as one line with a non-zero exit.
+
+    Python warnings are printed as one ``warning:`` line too.  SIGTERM unwinds like
+    Ctrl-C, so temporary files are removed and nothing is left at the output path.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _echo_warning
+                return func(*args, **kwargs)
+        except OnnxqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except (KeyboardInterrupt, Terminated) as exc:
+            click.echo(f"error: {'terminated' if isinstance(exc, Terminated) else 'interrupted'};"
+                       " nothing was written", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except MemoryError:
+            click.echo("error: out of memory; use fewer --samples, a smaller --cache-mb, or a "
+                       "machine with more memory", err=True)
+            sys.exit(2)
+        except Exception as exc:  # a bug: still one line, traceback on request
+            if os.environ.get("ONNXQ_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"error: internal error ({type(exc).__name__}: {first}); "
+                       "rerun with ONNXQ_DEBUG=1 for the traceback", err=True)
+            sys.exit(1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _floats(option: str, text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise OnnxqError(f"{option} takes one number or three comma-separated numbers "
+                         f"(R,G,B); got {text!r}")
+    return values
+
+
+def _image_options(func):
+    """Preprocessing options shared by quantize and validate."""
+    options = [
+        click.option("--size", type=int, default=None,
+                     help="Centre-crop size (default: the model's input size, else 224)."),
+        click.option("--resize", type=int, default=None,
+                     help="Resize the shorter side to this first (default: size * 256/224)."),
+        click.option("--mean", default="127", show_default=True,
+                     help="Pixel-space mean(s) subtracted: one value or R,G,B."),
+        click.option("--std", default="128", show_default=True,
+                     help="Pixel-space divisor(s): one value or R,G,B."),
+        click.option("--bgr", is_flag=True, help="Feed channels as BGR instead of RGB."),
+        click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto",
+                     show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _make_image_options(size, resize, mean, std, bgr, layout):
+    from onnxq.io.sources import ImageOptions
+
+    divisors = _floats("--std", std)
+    if min(divisors) <= 0:
+        raise OnnxqError(f"--std must be positive (got {std!r}): it divides the pixel values")
+    for name, value in (("--size", size), ("--resize", resize)):
+        if value is not None and value < 1:
+            raise OnnxqError(f"{name} must be at least 1 (got {value})")
+    return ImageOptions(size, resize, _floats("--mean", mean), divisors, bgr, layout)
+
+
+class OneLineGroup(click.Group):
+    """A command group whose usage errors (bad option, MODEL is a folder, ...) are one
+    ``error:`` line, like every other error."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            hint = f" (see onnxq {exc.ctx.info_name} --help)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=OneLineGroup)
+@click.version_option(package_name="onnxq")
+def main() -> None:
+    """onnxq: post-training quantization of ONNX graphs to QDQ models."""
+
+
+def _read_plan(path: str) -> QuantPlan:
+    """The plan at ``path`` (``--plan``), or one error line."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise OnnxqError(f"cannot read --plan {path}: {reason}") from None
+    return QuantPlan.from_json(text, f"--plan {path}")
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output path (default: MODEL.int8.onnx next to the input).")
+@click.option("--calib", default=None,
+              help="Image folder, .npz file, folder of .npz files, 'random', or 'none' "
+                   "(weight-only quantization, calibration-free pre-calibration).")
+@_image_options
+@click.option("--weights", type=click.Choice(WEIGHT_TYPES), default="int8", show_default=True)
+@click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8",
+              show_default=True)
+@click.option("--observer", type=click.Choice(OBSERVERS), default="minmax", show_default=True,
+              help="Activation range observer.")
+@click.option("--weight-observer", type=click.Choice(WEIGHT_OBSERVERS), default="auto",
+              show_default=True, help="Weight ranges: auto is mse (clipped to the least "
+              "rounding MSE) with learned rounding, minmax otherwise.")
+@click.option("--samples", type=int, default=256, show_default=True,
+              help="Calibration samples (chosen deterministically with --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exclude", multiple=True, help="Glob on node name or op type to keep in float.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+              help="fast: fusion + min-max; default: fusion + bias correction + refined ranges.")
+@click.option("--fuse/--no-fuse", default=None, help="BatchNorm/Pad/MatMul+Add fusion "
+              "(preset: on).")
+@click.option("--equalize", type=click.Choice(EQUALIZE), default=None,
+              help="Cross-layer equalization: exact (Relu/linear links only) or relu (ReLU6 "
+                   "becomes Relu: changes FP32). Preset: none.")
+@click.option("--bias-correction", type=click.Choice(BIAS_CORRECTION), default=None,
+              help="empirical (on the quantized network), analytic (BatchNorm statistics, "
+                   "data-free) or none. Preset: empirical (fast: none).")
+@click.option("--refine-ranges/--no-refine-ranges", default=None,
+              help="Activation ranges that minimize the consumers' output error "
+                   "(preset: on; fast: off).")
+@click.option("--rounding", type=click.Choice(ROUNDING), default="nearest", show_default=True,
+              help="Weight rounding: nearest, or learned by reconstruction per layer (adaround), "
+                   "per block (brecq) or per block with QDrop (qdrop).")
+@click.option("--iters", type=int, default=100, show_default=True,
+              help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
+@click.option("--learn-scale", is_flag=True,
+              help="Reconstruction also learns the per-channel weight scales.")
+@click.option("--loss", type=click.Choice(LOSSES), default="mse", show_default=True,
+              help="Block reconstruction loss: output MSE, or MSE weighted by each output "
+                   "element's diagonal Fisher (brecq/qdrop).")
+@click.option("--cache-mb", type=int, default=2048, show_default=True,
+              help="RAM for the reconstruction caches; beyond it they spill to temporary files.")
+@click.option("--precalibrate/--no-precalibrate", default=None,
+              help="Data-free weight pre-calibration (KL-matched scales, mean-preserving "
+                   "rounding); on by default with --calib none.")
+@click.option("--quantize-fragile", is_flag=True,
+              help="Also quantize LayerNorm/GELU/softmax chains (kept float by default).")
+@click.option("--min-cosine", type=float, default=0.5, show_default=True,
+              help="Refuse (write nothing) when the written model's output cosine to FP32 on "
+                   "a calibration sample is lower; -1 keeps any finite model.")
+@click.option("--min-sqnr", type=float, default=None, metavar="DB",
+              help="Move the fewest, most harmful activations to 16 bits until the output "
+                   "SQNR to FP32 on held-out calibration samples is at least DB.")
+@click.option("--plan-out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the run's plan (what is quantized and how, per tensor) as JSON.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
+              help="Quantize with this plan (an edited --plan-out) instead of annotating.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars or notes.")
+@_one_line_errors
+def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
+             observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
+             bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
+             precalibrate, quantize_fragile, min_cosine, min_sqnr, plan_out, plan_path, device,
+             quiet) -> None:
+    """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
+    from onnxq.api import default_output
+    from onnxq.api import quantize as quantize_file
+    from onnxq.io.model_io import load_model
+    from onnxq.io.sources import open_source
+
+    passes = {"fuse": fuse, "equalize": equalize, "bias_correction": bias_correction,
+              "refine_ranges": refine_ranges, "precalibrate": precalibrate}
+    weight_only = calib == "none"
+    if weight_only:
+        preset, activations = "fast", "none"
+        passes["precalibrate"] = precalibrate is not False
+    config = QuantConfig.from_preset(
+        preset, weights=weights, activations=activations, observer=observer,
+        weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
+        keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
+        learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
+        min_sqnr=min_sqnr,
+        **{name: value for name, value in passes.items() if value is not None})
+    if model is None:
+        from onnxq.cli.demo import run_default
+
+        run_default(Path(output).parent if output else Path("onnxq-demo"), config, quiet)
+        return
+    if calib is None:
+        raise OnnxqError("missing calibration data: pass --calib FOLDER|FILE.npz "
+                         "(or --calib random to calibrate on random data, or --calib none for "
+                         "weight-only quantization)")
+    plan = _read_plan(plan_path) if plan_path else None
+    loaded = load_model(model)
+    source = None if weight_only else open_source(calib, loaded, _make_image_options(
+        size, resize, mean, std, bgr, layout), samples, seed)
+    out = Path(output) if output else default_output(Path(model), config)
+    report = quantize_file(model, out, source, config, quiet=quiet, model=loaded, plan=plan,
+                           plan_out=plan_out)
+    checked = ("" if report.output_cosine is None or math.isnan(report.output_cosine)
+               else f"; ORT runs it, output cosine to FP32 {report.output_cosine:.4f}")
+    click.echo(f"wrote {out}: {report.quantized_weights} weights and "
+               f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s"
+               f"{checked}")
+    if report.promoted:
+        before, after = report.guard_sqnr_db
+        click.echo(f"--min-sqnr: {len(report.promoted)} activation group(s) moved to 16 bits, "
+                   f"output SQNR {before:.1f} -> {after:.1f} dB on held-out calibration samples")
+    if report.float_nodes and not quiet:
+        click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
+
+
+@main.command()
+@click.argument("fp32", type=click.Path(dir_okay=False))
+@click.argument("quantized", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Image folder, .npz file or folder of .npz files.")
+@_image_options
+@click.option("--samples", type=int, default=None, help="Validate on at most this many samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="ORT intra-op threads for the latency measurement (batch 1).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+@_one_line_errors
+def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, samples, seed, threads,
+             device, quiet) -> None:
+    """Compare QUANTIZED with FP32: SQNR, cosine, top-1 agreement/accuracy, latency."""
+    from onnxq.analysis.validate import compare, latency_ms
+    from onnxq.io.model_io import load_model
+    from onnxq.io.sources import open_source
+    from onnxq.progress import Progress
+
+    reference, candidate = load_model(fp32), load_model(quantized)
+    source = open_source(data, reference, _make_image_options(
+        size, resize, mean, std, bgr, layout), samples, seed)
+    labels = getattr(source, "labels", None)
+    result = compare(reference, candidate, source, labels, device, Progress(quiet),
+                     total=len(source))
+    click.echo(f"{result.samples} samples")
+    for out in result.outputs:
+        click.echo(f"  output {out.name}: SQNR {out.sqnr_db:.2f} dB, cosine {out.cosine:.5f}")
+    if result.top1_agreement is not None:
+        click.echo(f"  top-1 agreement {result.top1_agreement:.4f}, KL {result.kl_to_fp32:.5f}")
+    if result.top1_fp32 is not None:
+        click.echo(f"  labelled top-1: FP32 {result.top1_fp32:.4f}, "
+                   f"quantized {result.top1_quantized:.4f}")
+    feed = next(iter(source))
+    click.echo(f"  latency (batch 1, {threads} thread(s)): FP32 "
+               f"{latency_ms(reference, feed, threads):.2f} ms, quantized "
+               f"{latency_ms(candidate, feed, threads):.2f} ms")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@_one_line_errors
+def inspect(model) -> None:
+    """Op counts, what is quantized and what is not (with the reason), size."""
+    from onnxq.analysis.inspect import summarize
+    from onnxq.io.model_io import check_model, load_model
+
+    loaded = load_model(model)
+    check_model(loaded, model)
+    click.echo(summarize(loaded, Path(model)))

@@ -1,0 +1,1 @@
+"""Emit: the one pass that writes every QuantizeLinear/DequantizeLinear, and simulated copies."""

@@ -1,0 +1,189 @@
+"""Materialize a QuantPlan as QuantizeLinear/DequantizeLinear nodes (the only emission step)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.graph import FreshNames, model_values
+from onnxq.numerics.affine import QTYPES, quantize
+from onnxq.plan.qparams import QParams
+from onnxq.spec import QuantPlan
+
+logger = logging.getLogger(__name__)
+
+
+PACKED = (ir.DataType.INT4, ir.DataType.UINT4)
+"""Integer types ORT cannot hand back as numpy arrays."""
+SHAPE_READERS = ("Shape", "Size")
+"""Ops that read only their input's shape, which its DequantizeLinear output shares."""
+
+
+def activation_readouts(model: ir.Model) -> dict[str, tuple[str, bool]]:
+    """Activation name -> (the tensor to read its quantized values at, whether that tensor
+    holds the integers).  The integers are read at the output of the emitted QuantizeLinear,
+    which keeps ORT's fused integer kernels (a DequantizeLinear output read as a graph
+    output would stop them forming); 4-bit ones, which numpy cannot hold, at the output of
+    the DequantizeLinear."""
+    found = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "QuantizeLinear" or node.inputs[0] is None:
+            continue
+        dequantize = next((user for user, _ in node.outputs[0].uses()
+                           if user.op_type == "DequantizeLinear"), None)
+        if dequantize is None:
+            continue
+        found[node.inputs[0].name] = ((dequantize.outputs[0].name, False)
+                                      if node.outputs[0].dtype in PACKED
+                                      else (node.outputs[0].name, True))
+    return found
+
+
+class EmitQDQPass(ir.passes.InPlacePass):
+    """Insert Q/DQ pairs for activations and DQ behind integer weights and int32 biases.
+
+    Changes: every planned activation gets ``<name>_QuantizeLinear`` and
+    ``<name>_DequantizeLinear`` nodes read by the planned consumers (and its Shape/Size
+    readers); every planned
+    weight/bias initializer is replaced by an integer initializer behind a
+    DequantizeLinear, so the file really shrinks.  Scale, zero point and observer
+    are written to each node's doc_string for inspection in Netron.
+    """
+
+    def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
+                 weight_qparams: dict[str, QParams]):
+        super().__init__()
+        self.plan = plan
+        self.activation_qparams = activation_qparams
+        self.weight_qparams = weight_qparams
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        values = model_values(model)
+        self.names = FreshNames(model)
+        for name, spec in self.plan.weights.items():
+            granularity = ("per-tensor" if spec.axis is None
+                           else f"blocks of {spec.block_size} on axis {spec.axis}"
+                           if spec.block_size else f"per-channel axis {spec.axis}")
+            self._emit_constant(graph, graph.initializers[name], self.weight_qparams[name],
+                                f"weight {spec.qtype} symmetric {granularity}, {spec.observer}")
+        for name, bias in self.plan.biases.items():
+            act = self.activation_qparams.get(bias.activation)
+            weight = self.weight_qparams.get(bias.weight)
+            if act is None or weight is None:
+                continue
+            value = graph.initializers[name]
+            scale = (act.scale.astype(np.float64) * weight.scale.astype(np.float64)).reshape(-1)
+            n = value.const_value.shape[0]
+            if scale.size not in (1, n):  # grouped ConvTranspose: weight scales repeat per group
+                scale = np.tile(scale, n // scale.size)
+            if scale.size == 1:
+                scale = np.full(n, scale[0])
+            params = QParams(scale.astype(np.float32), np.zeros(n, np.int64), "int32", 0)
+            self._emit_constant(graph, value, params, "bias int32, scale = s_input * s_weight")
+        for name in self.plan.uses:
+            params = self.activation_qparams.get(name)
+            if params is None:
+                continue
+            self._emit_activation(values[name], self.plan.readers(name), params)
+        for each in model.graphs():
+            each.sort()
+        modified = bool(self.plan.weights or self.plan.uses)
+        if modified:
+            logger.info("emitted Q/DQ for %d activations and %d weights",
+                        len(self.activation_qparams), len(self.plan.weights))
+        return ir.passes.PassResult(model, modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        """Every QuantizeLinear feeds a DequantizeLinear and every axis is in range."""
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.op_type == "QuantizeLinear" and not all(
+                    user.op_type == "DequantizeLinear" for user, _ in node.outputs[0].uses()):
+                raise ir.passes.PostconditionError(f"{node.name} has a consumer that is not a DQ")
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            axis = node.attributes.get_int("axis", None)
+            shape = node.inputs[0].shape
+            if axis is not None and shape is not None and not -len(shape) <= axis < len(shape):
+                raise ir.passes.PostconditionError(f"{node.name}: axis {axis} out of range")
+
+    def _qparam_initializers(self, graph: ir.Graph, prefix: str,
+                             params: QParams) -> tuple[ir.Value, ir.Value]:
+        grid = QTYPES[params.qtype]
+        scale = (params.scale if params.block_size else params.scale.reshape(-1)
+                 if params.axis is not None else params.scale.reshape(()))
+        zp = params.zero_point.reshape(scale.shape).astype(grid.numpy_dtype)
+        scale_name, zp_name = self.names(f"{prefix}_scale"), self.names(f"{prefix}_zero_point")
+        scale_value = ir.Value(name=scale_name, const_value=ir.tensor(
+            scale.astype(np.float32), name=scale_name))
+        zp_value = ir.Value(name=zp_name, const_value=ir.tensor(
+            zp, dtype=grid.dtype, name=zp_name))
+        graph.register_initializer(scale_value)
+        graph.register_initializer(zp_value)
+        return scale_value, zp_value
+
+    @staticmethod
+    def _describe(params: QParams) -> str:
+        scale = params.scale.reshape(-1)
+        if scale.size == 1:
+            return f"scale={scale[0]:.6g} zero_point={int(params.zero_point.reshape(-1)[0])}"
+        groups = f"blocks of {params.block_size}" if params.block_size else "channels"
+        return f"scales {scale.min():.4g}..{scale.max():.4g} over {scale.size} {groups}"
+
+    def _emit_constant(self, main: ir.Graph, value: ir.Value, params: QParams, how: str) -> None:
+        """Replace a float initializer of the main graph by integers + DequantizeLinear, in
+        the graph of its consumers when they all sit in one If/Loop/Scan body."""
+        homes = {id(node.graph): node.graph for node, _ in value.uses() if node.graph}
+        graph = next(iter(homes.values())) if len(homes) == 1 else main
+        grid = QTYPES[params.qtype]
+        w = value.const_value.numpy()
+        q = quantize(w, params.scale, params.zero_point, grid, params.axis, params.block_size)
+        name = value.name
+        q_name = self.names(f"{name}_quantized")
+        q_value = ir.Value(name=q_name, const_value=ir.tensor(
+            q.astype(grid.numpy_dtype), dtype=grid.dtype, name=q_name))
+        graph.register_initializer(q_value)
+        scale, zp = self._qparam_initializers(graph, name, params)
+        attrs = {"axis": params.axis} if params.axis is not None else {}
+        if params.block_size:
+            attrs["block_size"] = params.block_size
+        dq = ir.node("DequantizeLinear", [q_value, scale, zp], attributes=attrs,
+                     name=self.names(f"{name}_DequantizeLinear"),
+                     doc_string=f"{how}; {self._describe(params)}")
+        dq.outputs[0].name = self.names(f"{name}_dequantized")
+        dq.outputs[0].dtype = ir.DataType.FLOAT
+        dq.outputs[0].shape = ir.Shape(w.shape)
+        value.replace_all_uses_with(dq.outputs[0])
+        graph.insert_before(graph.node(0), dq)
+        main.initializers.pop(name)
+
+    def _emit_activation(self, value: ir.Value, uses: list[tuple[ir.Node, int]],
+                         params: QParams) -> None:
+        """Insert Q -> DQ after ``value`` (in the graph it lives in) and point the planned
+        consumers, and those that read only its shape, at the DQ output (a Shape left on the
+        float tensor would keep ORT from fusing its producer into QLinearConv)."""
+        grid = QTYPES[params.qtype]
+        producer = value.producer()
+        graph = producer.graph if producer is not None else value.graph
+        scale, zp = self._qparam_initializers(graph, value.name, params)
+        doc = f"activation {params.qtype}; {self._describe(params)}"
+        q = ir.node("QuantizeLinear", [value, scale, zp],
+                    name=self.names(f"{value.name}_QuantizeLinear"), doc_string=doc)
+        q.outputs[0].name = self.names(f"{value.name}_quantized")
+        q.outputs[0].dtype = grid.dtype
+        q.outputs[0].shape = value.shape
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zp],
+                     name=self.names(f"{value.name}_DequantizeLinear"), doc_string=doc)
+        dq.outputs[0].name = self.names(f"{value.name}_dequantized")
+        dq.outputs[0].dtype = value.dtype
+        dq.outputs[0].shape = value.shape
+        if producer is None:
+            graph.insert_before(graph.node(0), [q, dq])
+        else:
+            graph.insert_after(producer, [q, dq])
+        shape_reads = [(node, index) for node, index in value.uses()
+                       if node.op_type in SHAPE_READERS]
+        for node, index in [*uses, *shape_reads]:
+            node.replace_input_with(index, dq.outputs[0])

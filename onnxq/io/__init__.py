@@ -1,0 +1,2 @@
+"""Input and output: model files, calibration data sources, ONNX Runtime sessions,
+scratch folders."""

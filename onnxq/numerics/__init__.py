@@ -1,0 +1,1 @@
+"""The numeric core: integer grids, qparams, fake quantization, and the calibration observers."""

@@ -1,0 +1,177 @@
+"""The one numeric core: quantization grids, qparam choice, quantize and dequantize (numpy)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+
+@dataclasses.dataclass(frozen=True)
+class QType:
+    """An integer grid: ONNX element type and its representable range."""
+
+    name: str
+    dtype: ir.DataType
+    qmin: int
+    qmax: int
+    min_opset: int
+
+    @property
+    def signed(self) -> bool:
+        """Whether the grid holds negative integers."""
+        return self.qmin < 0
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The numpy dtype that stores values of this grid."""
+        return self.dtype.numpy()
+
+
+QTYPES: dict[str, QType] = {
+    "uint8": QType("uint8", ir.DataType.UINT8, 0, 255, 13),
+    "int8": QType("int8", ir.DataType.INT8, -128, 127, 13),
+    "uint16": QType("uint16", ir.DataType.UINT16, 0, 65535, 21),
+    "int16": QType("int16", ir.DataType.INT16, -32768, 32767, 21),
+    "int4": QType("int4", ir.DataType.INT4, -8, 7, 21),
+    "uint4": QType("uint4", ir.DataType.UINT4, 0, 15, 21),
+    "int32": QType("int32", ir.DataType.INT32, -(2**31), 2**31 - 1, 13),
+}
+
+WIDE = {"uint8": "uint16", "int8": "int16", "uint4": "uint16", "int4": "int16"}
+"""The 16-bit grid each activation type moves to (``--min-sqnr``)."""
+
+
+def choose_qparams(lo: np.ndarray | float, hi: np.ndarray | float, qtype: QType,
+                   symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point mapping ``[lo, hi]`` (widened to hold 0) onto ``qtype``.
+
+    Symmetric grids use the narrow range (e.g. -127..127 for int8) so that
+    ``-x`` and ``x`` round alike; unsigned symmetric grids centre the zero point.
+    """
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    if symmetric:
+        amax = np.maximum(-lo, hi)
+        half = (qtype.qmax - qtype.qmin) // 2
+        scale = amax / half
+        zero_point = np.full(scale.shape, 0 if qtype.signed else half + 1, np.int64)
+    else:
+        scale = (hi - lo) / (qtype.qmax - qtype.qmin)
+        safe = np.where(scale > 0, scale, 1.0)
+        zero_point = np.clip(np.round(qtype.qmin - lo / safe), qtype.qmin, qtype.qmax)
+        zero_point = zero_point.astype(np.int64)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return scale, zero_point
+
+
+def expand_blocks(param: np.ndarray, axis: int, block_size: int, size: int) -> np.ndarray:
+    """Block-wise qparams (``param.shape[axis] == ceil(size / block_size)``) repeated to one
+    entry per element along ``axis`` (ONNX's blocked Q/DQ layout)."""
+    return np.repeat(param, block_size, axis=axis).take(np.arange(size), axis=axis)
+
+
+def _broadcast(param: np.ndarray, shape: tuple[int, ...], axis: int | None,
+               block_size: int | None = None) -> np.ndarray:
+    """``param`` (per tensor, per channel along ``axis``, or per block of ``block_size``
+    along ``axis``) shaped to broadcast against a tensor of ``shape``."""
+    if axis is None or param.ndim == 0:
+        return param
+    if block_size:
+        return expand_blocks(param.reshape([-1 if a == axis else n for a, n in
+                                            enumerate(shape)]), axis, block_size, shape[axis])
+    view = [1] * len(shape)
+    view[axis] = -1
+    return param.reshape(view)
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QType,
+             axis: int | None = None, block_size: int | None = None) -> np.ndarray:
+    """Round-to-nearest-even quantization of ``x`` (ONNX QuantizeLinear semantics)."""
+    s = _broadcast(np.asarray(scale, np.float32), x.shape, axis, block_size)
+    z = _broadcast(np.asarray(zero_point, np.int64), x.shape, axis, block_size)
+    q = np.round(x.astype(np.float32) / s) + z
+    return np.clip(q, qtype.qmin, qtype.qmax).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+               axis: int | None = None, block_size: int | None = None) -> np.ndarray:
+    """Map integers back to float32 (ONNX DequantizeLinear semantics)."""
+    s = _broadcast(np.asarray(scale, np.float32), q.shape, axis, block_size)
+    z = _broadcast(np.asarray(zero_point, np.int64), q.shape, axis, block_size)
+    return ((q.astype(np.int64) - z) * s).astype(np.float32)
+
+
+def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QType,
+                  axis: int | None = None, block_size: int | None = None) -> np.ndarray:
+    """Quantize then dequantize ``x``."""
+    return dequantize(quantize(x, scale, zero_point, qtype, axis, block_size), scale,
+                      zero_point, axis, block_size)
+
+
+def groups(w: np.ndarray, axis: int | None, block_size: int | None = None
+           ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``w`` as rows of the elements that share one scale, and the shape of the qparams:
+    one row (shape ``()``) per tensor, one per channel along ``axis`` (``(C,)``), or one per
+    block of ``block_size`` along ``axis`` (``w``'s shape with ``ceil(n / block_size)`` on
+    ``axis``; a last partial block is padded with zeros, which every range holds)."""
+    if axis is None:
+        return w.reshape(1, -1), ()
+    if not block_size:
+        return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1), (w.shape[axis],)
+    moved = np.moveaxis(w, axis, -1)
+    count = -(-w.shape[axis] // block_size)
+    padded = np.zeros((*moved.shape[:-1], count * block_size), w.dtype)
+    padded[..., :w.shape[axis]] = moved
+    rows = padded.reshape(-1, block_size)
+    shape = [count if a == axis else n for a, n in enumerate(w.shape)]
+    return rows, tuple(shape)
+
+
+def _ungroup(per_row: np.ndarray, shape: tuple[int, ...], axis: int | None,
+             block_size: int | None) -> np.ndarray:
+    """Per-row values of ``groups`` back in the qparams' shape."""
+    if not block_size or axis is None:
+        return per_row.reshape(shape)
+    moved = [n for a, n in enumerate(shape) if a != axis] + [shape[axis]]
+    return np.moveaxis(per_row.reshape(moved), -1, axis)
+
+
+def channel_ranges(w: np.ndarray, axis: int | None, block_size: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of ``w`` per tensor (``axis`` None), per channel, or per block."""
+    if axis is None:
+        return np.asarray(w.min()), np.asarray(w.max())
+    rows, shape = groups(w, axis, block_size)
+    return (_ungroup(rows.min(axis=1), shape, axis, block_size),
+            _ungroup(rows.max(axis=1), shape, axis, block_size))
+
+
+def mse_weight_ranges(w: np.ndarray, axis: int | None, qtype: QType, grid: int = 80,
+                      block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric clipping ranges (per channel or block) minimizing the weights' rounding MSE."""
+    lo, hi = channel_ranges(w, axis, block_size)
+    amax = np.maximum(-lo, hi).astype(np.float64)
+    rows, _ = groups(w, axis, block_size)
+    flat = np.moveaxis(amax, axis, -1).reshape(-1) if block_size and axis is not None \
+        else amax.reshape(-1)
+    best_err = np.full(flat.shape, np.inf)
+    best = flat.copy()
+    for ratio in np.linspace(1.0, 0.3, grid):
+        scale, zp = choose_qparams(-flat * ratio, flat * ratio, qtype, symmetric=True)
+        err = ((fake_quantize(rows, scale.reshape(-1), zp.reshape(-1), qtype, 0) - rows) ** 2)
+        err = err.mean(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = np.where(better, flat * ratio, best)
+    best = _ungroup(best, amax.shape, axis, block_size) if block_size and axis is not None \
+        else best.reshape(amax.shape)
+    return -best, best
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB."""
+    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)

@@ -1,0 +1,17 @@
+"""Layer kinds: one module per op family that carries a weight (``LayerKind``), gathered in
+``LAYERS``; annotation, equalization, bias correction, range refinement and reconstruction
+read a layer's facts from here."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from onnxq.ops import conv, gemm, matmul, recurrent
+from onnxq.ops.kind import LayerKind
+
+LAYERS: dict[str, LayerKind] = {**conv.KINDS, **gemm.KINDS, **matmul.KINDS, **recurrent.KINDS}
+
+
+def layer_kind(node: ir.Node) -> LayerKind | None:
+    """The kind of ``node`` (default ONNX domain), or None when it carries no weight."""
+    return LAYERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None

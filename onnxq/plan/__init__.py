@@ -1,0 +1,2 @@
+"""Plan: which tensors are quantized and how (annotation, float-kept patterns), and
+their qparams."""

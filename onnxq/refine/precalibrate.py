@@ -1,0 +1,114 @@
+"""Calibration-free weight pre-calibration: KL-matched scales, mean-preserving rounding."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.numerics.affine import QTYPES, QType, choose_qparams
+from onnxq.plan.qparams import QParams
+from onnxq.spec import QuantPlan
+
+logger = logging.getLogger(__name__)
+
+RATIOS = np.linspace(1.0, 0.7, 7)
+FINE_BINS = 64
+MIN_ROW = 64
+"""Rows with fewer weights (depthwise kernels) keep min-max: their histogram says too little."""
+
+
+def _kl_to_grid(rows: np.ndarray, amax: np.ndarray, scale: np.ndarray, grid: QType
+                ) -> np.ndarray:
+    """KL(P || Q) per row: P the weights' histogram, Q its quantized version spread per cell."""
+    edges = np.linspace(-1.0, 1.0, FINE_BINS + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    out = np.empty(rows.shape[0])
+    for i, (row, top, step) in enumerate(zip(rows, amax, scale, strict=True)):
+        p, _ = np.histogram(row / top, bins=edges)
+        p = p / max(p.sum(), 1) + 1e-12
+        cell = np.clip(np.round(centres * top / step), grid.qmin + 1, grid.qmax)
+        index = (cell - cell.min()).astype(int)
+        q = (np.bincount(index, weights=p) / np.bincount(index))[index]
+        out[i] = float(np.sum(p * np.log(p / (q + 1e-12))))
+    return out
+
+
+def kl_scales(rows: np.ndarray, grid: QType) -> np.ndarray:
+    """Per-row symmetric scale whose quantization keeps the weight histogram closest (KL)."""
+    amax = np.maximum(np.abs(rows).max(axis=1), 1e-12)
+    if rows.shape[1] < MIN_ROW:
+        return choose_qparams(-amax, amax, grid, symmetric=True)[0]
+    best, best_kl = None, None
+    for ratio in RATIOS:
+        scale, _ = choose_qparams(-amax * ratio, amax * ratio, grid, symmetric=True)
+        kl = _kl_to_grid(rows, amax, scale.astype(np.float64), grid)
+        if best is None:
+            best, best_kl = scale.copy(), kl
+        else:
+            better = kl < best_kl
+            best = np.where(better, scale, best)
+            best_kl = np.where(better, kl, best_kl)
+    return best.astype(np.float32)
+
+
+def mean_preserving_round(rows: np.ndarray, scale: np.ndarray, grid: QType) -> np.ndarray:
+    """Round-to-nearest, then flip the weights nearest the rounding boundary until each row's
+    sum of rounding errors is below half a step (the row's mean is kept)."""
+    x = rows / scale[:, None]
+    q = np.clip(np.round(x), grid.qmin, grid.qmax)
+    for i in range(rows.shape[0]):
+        error = float((q[i] - x[i]).sum())
+        flips = int(np.floor(abs(error) + 0.5))
+        if flips == 0:
+            continue
+        direction = -np.sign(error)
+        candidate = q[i] + direction
+        allowed = (candidate >= grid.qmin) & (candidate <= grid.qmax)
+        cost = np.where(allowed, np.abs(candidate - x[i]), np.inf)
+        order = np.argsort(cost)[:flips]
+        order = order[np.isfinite(cost[order])]
+        q[i, order] = candidate[order]
+    return q
+
+
+class PreCalibrateWeightsPass(ir.passes.InPlacePass):
+    """Data-free weight pre-calibration after AdpQ (arXiv 2501.09107): keep the distribution.
+
+    Changes: for every planned weight, the per-channel scale becomes the clipping whose
+    quantized histogram is closest (KL divergence) to the weights' own, written into
+    ``weight_qparams``; the weight initializer is replaced by its grid values, rounded to
+    nearest and then flipped at the weights nearest the rounding boundary so every output
+    channel keeps its sum (mean).  Needs no calibration data.
+    """
+
+    def __init__(self, plan: QuantPlan, weight_qparams: dict[str, QParams]):
+        super().__init__()
+        self.plan = plan
+        self.weight_qparams = weight_qparams
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        initializers = model.graph.initializers
+        for name, spec in self.plan.weights.items():
+            w = initializers[name].const_value.numpy().astype(np.float64)
+            axis = spec.axis if spec.axis is not None else 0
+            grid = QTYPES[spec.qtype]
+            rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+            if spec.axis is None:
+                rows = w.reshape(1, -1)
+            scale = kl_scales(rows, grid)
+            q = mean_preserving_round(rows, scale.astype(np.float64), grid)
+            values = q * scale[:, None]
+            if spec.axis is None:
+                values = values.reshape(w.shape)
+            else:
+                moved = list(np.moveaxis(w, axis, 0).shape)
+                values = np.moveaxis(values.reshape(moved), 0, axis)
+            initializers[name].const_value = ir.tensor(values.astype(np.float32), name=name)
+            old = self.weight_qparams[name]
+            self.weight_qparams[name] = QParams(
+                scale if spec.axis is not None else scale.reshape(()), old.zero_point,
+                old.qtype, old.axis)
+        logger.info("pre-calibrated %d weights", len(self.plan.weights))
+        return ir.passes.PassResult(model, bool(self.plan.weights))

@@ -1,0 +1,1 @@
+"""Learned rounding: block reconstruction on extracted subgraphs, evaluated with torch."""
