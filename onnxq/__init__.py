@@ -3,6 +3,7 @@
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
+from onnxq.pipeline import VERSION
 
 __all__ = ["OnnxqError", "QuantConfig", "quantize"]
-__version__ = "0.1.0"
+__version__ = VERSION

@@ -8,6 +8,7 @@ bias correction, learned rounding) -> emit (every Q/DQ).  Each stage lives in it
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import time
 import warnings
@@ -28,7 +29,8 @@ from onnxq.refine import stages as refine
 from onnxq.spec import QuantPlan
 from onnxq.state import QuantState, RunContext, Stage
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("onnxq")
+"""The installed package's version (pyproject.toml holds the one copy), stored in every output."""
 
 
 @dataclasses.dataclass

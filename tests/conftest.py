@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from onnxq.cli.demo import find_imagenet_sample
 from onnxq.models import synthetic, tiny_bert
+
+
+@pytest.fixture
+def npz(tmp_path) -> Path:
+    """Eight calibration images for the small CNN in one .npz file."""
+    path = tmp_path / "calib.npz"
+    np.savez(path, image=np.concatenate([f["image"] for f in synthetic.image_feeds(8)]))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,6 @@ from cli_helpers import assert_one_line_error, invoke
 
 from onnxq.io.model_io import load_model
 from onnxq.models import suite, tiny_bert
-from onnxq.models.synthetic import image_feeds
-
-
-@pytest.fixture
-def npz(tmp_path) -> Path:
-    path = tmp_path / "calib.npz"
-    np.savez(path, image=np.concatenate([f["image"] for f in image_feeds(8)]))
-    return path
 
 
 @pytest.fixture

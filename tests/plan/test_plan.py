@@ -4,6 +4,8 @@ an edited plan is what gets emitted, and a plan that does not fit is one error l
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,6 @@ from onnxq.plan.annotate import annotate
 from onnxq.plan.qparams import resolve_activations, resolve_weights
 from onnxq.prepare.stage import prepare
 from onnxq.spec import QuantPlan
-
-
-@pytest.fixture
-def npz(tmp_path) -> Path:
-    path = tmp_path / "calib.npz"
-    np.savez(path, image=np.concatenate([f["image"] for f in image_feeds(8)]))
-    return path
 
 
 def _quantize(small_cnn, npz, out, *args):
@@ -138,36 +133,30 @@ def test_a_plan_that_is_not_json_or_absent_is_one_error_line(small_cnn, npz, tmp
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_import_and_a_default_w8a8_run_import_no_torch(small_cnn, tmp_path):
-    import subprocess
-    import sys
-
-    script = (f"import sys, onnxq\n"
-              f"assert 'torch' not in sys.modules, 'import onnxq pulled in torch'\n"
-              f"from onnxq.cli.commands import main\n"
-              f"try:\n"
-              f"    main(['quantize', {str(small_cnn)!r}, '--calib', 'random', '--samples', '4',"
-              f" '-o', {str(tmp_path / 'q.onnx')!r}, '--quiet'])\n"
-              f"except SystemExit as exc:\n"
-              f"    assert not exc.code, exc.code\n"
-              f"assert 'torch' not in sys.modules, 'the W8A8 run pulled in torch'\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+def _cli_in_fresh_python(prelude: str, *args: str) -> subprocess.CompletedProcess:
+    """``onnxq ARGS`` in a new interpreter after ``prelude``, then a check that torch was
+    never imported (a run that exits with an error ends before the check)."""
+    script = (f"import sys\n{prelude}\nfrom onnxq.cli.commands import main\n"
+              f"main({list(args)!r})\n"
+              f"assert 'torch' not in sys.modules, 'the run pulled in torch'\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=False)
+
+
+def test_import_and_a_default_w8a8_run_import_no_torch(small_cnn, tmp_path):
+    done = _cli_in_fresh_python(
+        "import onnxq\nassert 'torch' not in sys.modules, 'import onnxq pulled in torch'",
+        "quantize", str(small_cnn), "--calib", "random", "--samples", "4",
+        "-o", str(tmp_path / "q.onnx"), "--quiet")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "q.onnx").exists()
 
 
 def test_learned_rounding_without_torch_is_one_error_line(small_cnn, tmp_path):
-    import subprocess
-    import sys
-
-    script = (f"import sys\n"
-              f"sys.modules['torch'] = None  # as if torch were not installed\n"
-              f"from onnxq.cli.commands import main\n"
-              f"main(['quantize', {str(small_cnn)!r}, '--calib', 'random', '--samples', '4',"
-              f" '--rounding', 'brecq', '-o', {str(tmp_path / 'q.onnx')!r}, '--quiet'])\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=False)
+    done = _cli_in_fresh_python(
+        "sys.modules['torch'] = None  # as if torch were not installed",
+        "quantize", str(small_cnn), "--calib", "random", "--samples", "4",
+        "--rounding", "brecq", "-o", str(tmp_path / "q.onnx"), "--quiet")
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error: --rounding brecq needs torch"), done.stderr[-2000:]
