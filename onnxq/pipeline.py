@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import time
 import warnings
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from onnxq.progress import Progress
 from onnxq.refine import stages as refine
 from onnxq.spec import QuantPlan
 from onnxq.state import QuantState, RunContext, Stage
+
+logger = logging.getLogger(__name__)
 
 VERSION = importlib.metadata.version("onnxq")
 """The installed package's version (pyproject.toml holds the one copy), stored in every output."""
@@ -133,7 +136,9 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     passes = []
     for stage in STAGES:
         if stage.when(state, ctx):
+            began = time.perf_counter()
             passes += stage.run(state, ctx)
+            logger.info("stage %s: %.2f s", stage.name, time.perf_counter() - began)
     report = QuantReport(
         passes=passes,
         quantized_activations=len(state.activations),

@@ -4,14 +4,7 @@ read a layer's facts from here."""
 
 from __future__ import annotations
 
-import onnx_ir as ir
-
 from onnxq.ops import conv, gemm, matmul, recurrent
 from onnxq.ops.kind import LayerKind
 
 LAYERS: dict[str, LayerKind] = {**conv.KINDS, **gemm.KINDS, **matmul.KINDS, **recurrent.KINDS}
-
-
-def layer_kind(node: ir.Node) -> LayerKind | None:
-    """The kind of ``node`` (default ONNX domain), or None when it carries no weight."""
-    return LAYERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
