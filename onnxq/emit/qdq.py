@@ -89,6 +89,8 @@ class EmitQDQPass(ir.passes.InPlacePass):
                 continue
             self._emit_activation(values[name], self.plan.readers(name), params)
         for each in model.graphs():
+            for dq in [n for n in each if n.op_type == "DequantizeLinear"]:
+                self._dequantize_after_lookups(dq)
             each.sort()
         modified = bool(self.plan.weights or self.plan.uses)
         if modified:
@@ -158,6 +160,44 @@ class EmitQDQPass(ir.passes.InPlacePass):
         value.replace_all_uses_with(dq.outputs[0])
         graph.insert_before(graph.node(0), dq)
         main.initializers.pop(name)
+
+    def _dequantize_after_lookups(self, dq: ir.Node) -> None:
+        """A weight DQ read only by row lookups (Gather on axis 0 of a 2-D table) with
+        per-column or per-tensor qparams moves below each of them: the Gather picks int8
+        rows, which a DQ of their own dequantizes (the gathered tensor keeps its name)."""
+        users = list(dq.outputs[0].uses())
+        axis = dq.attributes.get_int("axis", None)
+        table = dq.inputs[0]
+        if (not users or axis not in (None, 1) or table.const_value is None
+                or len(table.const_value.shape) != 2
+                or not all(user.op_type == "Gather" and index == 0
+                           and user.attributes.get_int("axis", 0) == 0 for user, index in users)):
+            return
+        for gather, _ in users:
+            rows = gather.outputs[0]
+            readers = list(rows.uses())
+            gather.replace_input_with(0, table)
+            name = rows.name
+            rows.name = self.names(f"{name}_quantized")
+            rows.type = ir.TensorType(table.const_value.dtype)  # a new type: clones share it
+            rank = len(rows.shape) if rows.shape is not None else None
+            if axis is not None and rank is None:
+                raise ir.passes.PostconditionError(f"{gather.name}: unknown rank of {name}")
+            attrs = {"axis": rank - 1} if axis is not None else {}
+            moved = ir.node("DequantizeLinear", [rows, dq.inputs[1], dq.inputs[2]],
+                            attributes=attrs, name=self.names(f"{name}_DequantizeLinear"),
+                            doc_string=f"{dq.doc_string}; moved below the lookup {gather.name}")
+            moved.outputs[0].name = name
+            moved.outputs[0].dtype = ir.DataType.FLOAT
+            moved.outputs[0].shape = rows.shape
+            for user, index in readers:
+                user.replace_input_with(index, moved.outputs[0])
+            graph = gather.graph
+            graph.insert_after(gather, moved)
+            for k, output in enumerate(graph.outputs):
+                if output is rows:
+                    graph.outputs[k] = moved.outputs[0]
+        dq.graph.remove(dq, safe=True)
 
     def _emit_activation(self, value: ir.Value, uses: list[tuple[ir.Node, int]],
                          params: QParams) -> None:

@@ -4,7 +4,8 @@ read a layer's facts from here."""
 
 from __future__ import annotations
 
-from onnxq.ops import conv, gemm, matmul, recurrent
+from onnxq.ops import conv, gather, gemm, matmul, recurrent
 from onnxq.ops.kind import LayerKind
 
-LAYERS: dict[str, LayerKind] = {**conv.KINDS, **gemm.KINDS, **matmul.KINDS, **recurrent.KINDS}
+LAYERS: dict[str, LayerKind] = {**conv.KINDS, **gather.KINDS, **gemm.KINDS, **matmul.KINDS,
+                                 **recurrent.KINDS}

@@ -3,6 +3,8 @@ and an empty plan."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -14,6 +16,8 @@ from onnxq.config import QuantConfig
 from onnxq.emit.qdq import EmitQDQPass
 from onnxq.io.model_io import load_model
 from onnxq.models.synthetic import image_feeds
+from onnxq.numerics.affine import QTYPES, dequantize
+from onnxq.numerics.affine import quantize as quantize_array
 from onnxq.plan.annotate import annotate
 from onnxq.plan.qparams import resolve_activations, resolve_weights
 from onnxq.prepare.stage import prepare
@@ -67,3 +71,43 @@ def test_an_empty_plan_changes_nothing(small_cnn):
     before = ir.to_proto(model).SerializeToString()
     assert not EmitQDQPass(QuantPlan().bind(model), {}, {})(model).modified
     assert ir.to_proto(model).SerializeToString() == before
+
+
+def _lookup_model(table: np.ndarray) -> ir.Model:
+    """ids [2, 3] (int64) -> Gather(table, ids) -> rows [2, 3, D], the graph output."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")], "g",
+        [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2, 3])],
+        [onnx.helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, [2, 3, 4])],
+        [onnx.numpy_helper.from_array(table, "table")])
+    return ir.from_proto(onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+def test_a_table_lookup_gathers_int8_rows_then_dequantizes_them(axis):
+    table = np.random.default_rng(4).standard_normal((10, 4)).astype(np.float32)
+    model = _lookup_model(table)
+    plan = annotate(model, QuantConfig.from_preset("fast", activations="none"))
+    assert plan.weights["table"].axis == 1  # one scale per column
+    if axis == 0:  # an edited plan: per-row scales would have to be gathered too
+        plan.weights["table"] = dataclasses.replace(plan.weights["table"], axis=0)
+    weights = resolve_weights(model, plan)
+    assert EmitQDQPass(plan, {}, weights)(model).modified
+    lookup = next(n for n in model.graph if n.op_type == "Gather")
+    moved = lookup.inputs[0].name == "table_quantized"
+    assert moved == (axis == 1)
+    if moved:  # int8 rows, then their own DQ, and the output keeps its name
+        dq = next(iter(lookup.outputs[0].uses()))[0]
+        assert dq.op_type == "DequantizeLinear" and dq.attributes.get_int("axis") == 2
+        assert model.graph.outputs[0].name == "rows" and model.graph.outputs[0].producer() is dq
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    ids = np.array([[0, 3, 9], [9, 1, 0]], np.int64)
+    got = ort.InferenceSession(proto.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    params = weights["table"]
+    expected = dequantize(quantize_array(table, params.scale, params.zero_point,
+                                         QTYPES["int8"], params.axis),
+                          params.scale, params.zero_point, params.axis)[ids]
+    np.testing.assert_array_equal(got, expected)
