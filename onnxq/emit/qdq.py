@@ -171,8 +171,10 @@ class EmitQDQPass(ir.passes.InPlacePass):
         if (not users or axis not in (None, 1) or table.const_value is None
                 or len(table.const_value.shape) != 2
                 or not all(user.op_type == "Gather" and index == 0
-                           and user.attributes.get_int("axis", 0) == 0 for user, index in users)):
-            return
+                           and user.attributes.get_int("axis", 0) == 0
+                           and (axis is None or user.outputs[0].shape is not None)
+                           for user, index in users)):
+            return  # per-row scales, other readers, or a rank the DQ axis cannot name
         for gather, _ in users:
             rows = gather.outputs[0]
             readers = list(rows.uses())
@@ -180,10 +182,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
             name = rows.name
             rows.name = self.names(f"{name}_quantized")
             rows.type = ir.TensorType(table.const_value.dtype)  # a new type: clones share it
-            rank = len(rows.shape) if rows.shape is not None else None
-            if axis is not None and rank is None:
-                raise ir.passes.PostconditionError(f"{gather.name}: unknown rank of {name}")
-            attrs = {"axis": rank - 1} if axis is not None else {}
+            attrs = {"axis": len(rows.shape) - 1} if axis is not None else {}
             moved = ir.node("DequantizeLinear", [rows, dq.inputs[1], dq.inputs[2]],
                             attributes=attrs, name=self.names(f"{name}_DequantizeLinear"),
                             doc_string=f"{dq.doc_string}; moved below the lookup {gather.name}")

@@ -150,23 +150,19 @@ def channel_ranges(w: np.ndarray, axis: int | None, block_size: int | None = Non
 
 def mse_weight_ranges(w: np.ndarray, axis: int | None, qtype: QType, grid: int = 80,
                       block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric clipping ranges (per channel or block) minimizing the weights' rounding MSE."""
-    lo, hi = channel_ranges(w, axis, block_size)
-    amax = np.maximum(-lo, hi).astype(np.float64)
-    rows, _ = groups(w, axis, block_size)
-    flat = np.moveaxis(amax, axis, -1).reshape(-1) if block_size and axis is not None \
-        else amax.reshape(-1)
-    best_err = np.full(flat.shape, np.inf)
-    best = flat.copy()
+    """Symmetric clipping ranges (per tensor, channel or block) minimizing the weights'
+    rounding MSE."""
+    rows, shape = groups(w, axis, block_size)
+    amax = np.maximum(-rows.min(axis=1), rows.max(axis=1)).astype(np.float64)
+    best_err = np.full(amax.shape, np.inf)
+    best = amax.copy()
     for ratio in np.linspace(1.0, 0.3, grid):
-        scale, zp = choose_qparams(-flat * ratio, flat * ratio, qtype, symmetric=True)
-        err = ((fake_quantize(rows, scale.reshape(-1), zp.reshape(-1), qtype, 0) - rows) ** 2)
-        err = err.mean(axis=1)
+        scale, zp = choose_qparams(-amax * ratio, amax * ratio, qtype, symmetric=True)
+        err = ((fake_quantize(rows, scale, zp, qtype, 0) - rows) ** 2).mean(axis=1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
-        best = np.where(better, flat * ratio, best)
-    best = _ungroup(best, amax.shape, axis, block_size) if block_size and axis is not None \
-        else best.reshape(amax.shape)
+        best = np.where(better, amax * ratio, best)
+    best = _ungroup(best, shape, axis, block_size)
     return -best, best
 
 

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterable
 
 import numpy as np
+import onnx_ir as ir
 
 from onnxq.calibrate.stream import channel_means, collect_outputs
 from onnxq.emit.qdq import activation_readouts
@@ -107,7 +108,7 @@ def empirical_bias_correction(state: QuantState, ctx: RunContext) -> list[str]:
     plan, qparams = state.plan, state.activations
     inputs = sorted({bias.activation for bias in plan.biases.values()} & set(qparams))
 
-    def measure(current) -> dict[str, np.ndarray]:
+    def measure(current: ir.Model) -> dict[str, np.ndarray]:
         copy = quantized_copy(current, plan, qparams, state.weights)
         readouts = activation_readouts(copy)
         means = channel_means(copy, [readouts[name][0] for name in inputs], ctx.data,
