@@ -13,7 +13,7 @@ from onnxq.analysis.output_check import check_written
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.io.data import Limited, model_inputs, random_feed
-from onnxq.io.model_io import load_model, save_model
+from onnxq.io.model_io import check_output_folder, load_model, save_model
 from onnxq.io.tempfiles import remove_stale
 from onnxq.pipeline import QuantReport, check_reiterable, quantize_model
 from onnxq.progress import Progress
@@ -57,6 +57,7 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
         check_output_path(model_path, plan_out, "--plan-out")
         if plan_out.absolute() == output_path.absolute():
             raise OnnxqError(f"--plan-out {plan_out} is the output model's path; choose another")
+        check_output_folder(plan_out, "--plan-out")  # refused before the run, not after it
     remove_stale()  # what killed runs left in the temporary folder
     remove_stale(output_path.parent)  # and beside their outputs
     check_reiterable(calibration, config)
@@ -78,7 +79,11 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
 
     save_model(model, output_path, verify)
     if plan_out is not None:
-        plan_out.write_text(report.plan)
+        try:
+            plan_out.write_text(report.plan)
+        except OSError as exc:
+            raise OnnxqError(f"wrote {output_path}, but cannot write --plan-out {plan_out} "
+                             f"({exc.strerror or type(exc).__name__})") from None
     return report
 
 

@@ -174,17 +174,24 @@ def _write_error(path: Path, exc: OSError) -> OnnxqError:
                       "-o path (nothing was written)")
 
 
+def check_output_folder(path: Path, option: str = "-o") -> Path:
+    """The folder ``path`` will be written in, refused when it is missing or read-only."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise OnnxqError(f"output folder does not exist: {directory} (create it first)")
+    if not os.access(directory, os.W_OK):
+        raise OnnxqError(f"output folder is not writable: {directory} (choose another "
+                         f"{option} path)")
+    return directory
+
+
 def save_model(model: ir.Model, path: str | os.PathLike,
                verify: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` atomically; models near the 2 GB protobuf limit get external data
     (``NAME.data`` beside it).  ``verify(temporary_path)`` runs on the written file before
     it takes ``path``'s place: if it raises, nothing is left at ``path``."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OnnxqError(f"output folder does not exist: {directory} (create it first)")
-    if not os.access(directory, os.W_OK):
-        raise OnnxqError(f"output folder is not writable: {directory} (choose another -o path)")
+    directory = check_output_folder(path)
     external = model_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = path.name + ".data"
     try:

@@ -14,14 +14,13 @@ from onnxq.state import QuantState, RunContext
 
 
 def check_plan(model: ir.Model, plan: QuantPlan, config: QuantConfig) -> None:
-    """Refuse a given plan that does not fit the prepared ``model`` (one line naming the
-    first mismatch)."""
+    """Refuse a given plan, bound to the prepared ``model`` (``plan.bind``), that does not
+    fit it (one line naming the first mismatch)."""
     def fail(what: str) -> None:
         raise OnnxqError(f"--plan {what}: it was written for another model or other flags; "
                          "write it again with --plan-out from this model and flags")
 
     values, initializers = model_values(model), model.graph.initializers
-    nodes = {node.name: node for node in ir.traversal.RecursiveGraphIterator(model.graph)}
     if plan.activations and not config.needs_data:
         fail("quantizes activations, but --calib none quantizes weights only")
     for name in plan.activations:
@@ -47,7 +46,7 @@ def check_plan(model: ir.Model, plan: QuantPlan, config: QuantConfig) -> None:
         if name not in plan.activations:
             fail(f"lists readers of {name!r}, which it does not quantize")
         for node_name, index in uses:
-            node = nodes.get(node_name)
+            node = plan.nodes.get(node_name)
             read = node.inputs[index] if node is not None and index < len(node.inputs) else None
             if read is None or read.name != name:
                 fail(f"says node {node_name!r} reads {name!r} as input {index}")
@@ -60,8 +59,8 @@ def plan_stage(state: QuantState, ctx: RunContext) -> list[str]:
     """Annotate the prepared model (or check and take ``ctx.plan``); refuse a model with
     nothing to quantize."""
     if ctx.plan is not None:
-        check_plan(state.model, ctx.plan, ctx.config)
         state.plan = ctx.plan.bind(state.model)
+        check_plan(state.model, state.plan, ctx.config)
     else:
         state.plan = annotate(state.model, ctx.config)
     if not state.plan.weights and not state.plan.activations:

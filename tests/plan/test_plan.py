@@ -161,3 +161,11 @@ def test_learned_rounding_without_torch_is_one_error_line(small_cnn, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error: --rounding brecq needs torch"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "q.onnx").exists()
+
+
+def test_a_plan_out_in_a_missing_folder_is_refused_before_the_run(small_cnn, npz, tmp_path):
+    out = tmp_path / "out.onnx"
+    result = invoke("quantize", small_cnn, "--calib", npz, "-o", out, "--quiet",
+                    "--plan-out", tmp_path / "absent" / "plan.json")
+    assert_one_line_error(result, "output folder does not exist")
+    assert not out.exists()
