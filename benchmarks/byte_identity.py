@@ -5,7 +5,9 @@ print the SHA-256 of each output (or the one-line error a run stopped with).
     python benchmarks/byte_identity.py --json before.json          # on the old code
     python benchmarks/byte_identity.py --against before.json       # on the new code
 
-``--against`` prints which outputs differ and exits 1 if any does.
+``--against`` prints which outputs differ and exits 1 if any does.  ``--graph-only`` hashes
+each output without its metadata (the stored config and report, which name every option,
+so a new option changes them while the graph stays the same).
 """
 
 from __future__ import annotations
@@ -24,7 +26,18 @@ ROWS = {"fast": {"preset": "fast"}, "default": {"preset": "default"},
         "brecq20": {"preset": "default", "rounding": "brecq", "iters": 20}}
 
 
-def digest(entry: suite.SuiteModel, tmp: Path, samples: int) -> dict[str, str]:
+def _hash(path: Path, graph_only: bool) -> str:
+    import onnx
+
+    if not graph_only:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def digest(entry: suite.SuiteModel, tmp: Path, samples: int,
+           graph_only: bool = False) -> dict[str, str]:
     """Row name -> SHA-256 of the quantized model (or ``error: ...``) for one suite model."""
     from onnxq.api import quantize
     from onnxq.config import QuantConfig
@@ -41,7 +54,7 @@ def digest(entry: suite.SuiteModel, tmp: Path, samples: int) -> dict[str, str]:
         try:
             quantize(fp32, out, data, QuantConfig.from_preset(**options, samples=samples),
                      quiet=True)
-            found[row] = hashlib.sha256(out.read_bytes()).hexdigest()
+            found[row] = _hash(out, graph_only)
         except OnnxqError as exc:
             found[row] = f"error: {exc}"
     return found
@@ -53,7 +66,9 @@ def digest(entry: suite.SuiteModel, tmp: Path, samples: int) -> dict[str, str]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="digests from an earlier run to compare with")
-def main(models: str, samples: int, json_path: str | None, against: str | None) -> None:
+@click.option("--graph-only", is_flag=True, help="hash without the model's metadata")
+def main(models: str, samples: int, json_path: str | None, against: str | None,
+         graph_only: bool) -> None:
     """Print each output's digest; compare with an earlier run's."""
     result: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +77,7 @@ def main(models: str, samples: int, json_path: str | None, against: str | None) 
             if (reason := entry.missing()) is not None:
                 click.echo(f"{name}: skipped ({reason})")
                 continue
-            result[name] = digest(entry, Path(tmp), samples)
+            result[name] = digest(entry, Path(tmp), samples, graph_only)
             for row, value in result[name].items():
                 click.echo(f"{name:12} {row:8} {value[:64]}")
     if json_path:

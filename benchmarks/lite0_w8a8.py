@@ -17,11 +17,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxq.analysis.validate import compare, latency_ms, optimized_op_types
+from onnxq.analysis.validate import compare, latency_ms
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.io.data import ImageFolder
 from onnxq.io.model_io import load_model
+from onnxq.io.runtime import optimized_op_types
 from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -8,6 +8,7 @@ RSS are its own).  Prints a table per model and writes JSON.
     python benchmarks/real_models.py --json real_models.json
     python benchmarks/real_models.py --models yolov8n,fcpe --calib 32
     python benchmarks/real_models.py --models yolov8n --min-sqnr 30
+    python benchmarks/real_models.py --rows "onnxq default" --target-file rules.toml
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def peak_rss_mb() -> float:
 
 
 def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: int,
-              queue) -> None:
+              queue, target: tuple[str, str | None] = ("ort-cpu", None)) -> None:
     """In a fresh process: quantize with onnxq ``options`` (None: ORT's tool); put (seconds,
     peak RSS MB, error)."""
     from onnxq.io.data import NpzFolder, model_inputs
@@ -69,9 +70,10 @@ def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: in
         else:
             from onnxq.api import quantize
             from onnxq.config import QuantConfig
+            from onnxq.targets.profile import load_target
 
-            quantize(fp32, out, data, QuantConfig.from_preset(**options, samples=samples),
-                     quiet=True)
+            quantize(fp32, out, data, QuantConfig.from_preset(
+                **options, samples=samples, target=load_target(*target)), quiet=True)
         error = None
     except Exception as exc:  # noqa: BLE001 - a tool's failure is a row of the table
         error = " ".join(str(exc).split())[:200] or type(exc).__name__
@@ -79,12 +81,13 @@ def _quantize(options: dict | None, fp32: str, out: str, calib: str, samples: in
 
 
 def quantize_in_child(options: dict | None, fp32: Path, out: Path, calib: Path,
-                      samples: int) -> dict:
-    """Seconds, peak RSS and error of one quantization in a fresh process."""
+                      samples: int, target: tuple[str, str | None] = ("ort-cpu", None)) -> dict:
+    """Seconds, peak RSS and error of one quantization in a fresh process (onnxq rows for
+    ``target``: a profile name and an overriding TOML file or None)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_quantize,
-                            args=(options, str(fp32), str(out), str(calib), samples, queue))
+    child = context.Process(target=_quantize, args=(options, str(fp32), str(out), str(calib),
+                                                    samples, queue, target))
     child.start()
     seconds, rss, error = queue.get()
     child.join()
@@ -106,7 +109,8 @@ def latency(path: Path, feed: dict, budget_s: float = 3.0) -> float:
 
 
 def run_model(entry: suite.SuiteModel, tmp: Path, calib_count: int | None,
-              val_count: int | None, rows_to_run: dict[str, dict | None]) -> dict:
+              val_count: int | None, rows_to_run: dict[str, dict | None],
+              target: tuple[str, str | None] = ("ort-cpu", None)) -> dict:
     """Every tool on one suite model: metrics, SQNR, low-bit share, time, RSS, latency."""
     calib_count, val_count = calib_count or entry.calib, val_count or entry.val
     fp32 = entry.export(tmp / f"{entry.name}.onnx")
@@ -118,7 +122,7 @@ def run_model(entry: suite.SuiteModel, tmp: Path, calib_count: int | None,
     rows = {}
     for k, (tool, options) in enumerate(rows_to_run.items()):
         out = tmp / f"{entry.name}.{k}.onnx"
-        row = quantize_in_child(options, fp32, out, calib, calib_count)
+        row = quantize_in_child(options, fp32, out, calib, calib_count, target)
         if row["error"] is None:
             got = suite.outputs(out, val)
             row.update(entry.score(reference, got), sqnr_db=output_sqnr(reference, got),
@@ -161,11 +165,17 @@ def print_table(name: str, result: dict) -> None:
               help="Evaluation samples (default: each model's own).")
 @click.option("--min-sqnr", type=float, default=None, metavar="DB",
               help="Also run the default preset with --min-sqnr DB.")
+@click.option("--rows", default=None, help="Comma-separated tool rows to run (default: all).")
+@click.option("--target", default="ort-cpu", show_default=True, help="onnxq rows' --target.")
+@click.option("--target-file", default=None, help="onnxq rows' --target-file.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def main(models: str, calib_count: int | None, val_count: int | None, min_sqnr: float | None,
-         json_path: str | None) -> None:
+         rows: str | None, target: str, target_file: str | None, json_path: str | None) -> None:
     """Run the suite and print a table per model."""
     results = {}
+    chosen = tools(min_sqnr)
+    if rows:
+        chosen = {name: chosen[name] for name in rows.split(",")}
     for name in models.split(","):
         entry = suite.SUITE[name]
         reason = entry.missing()
@@ -173,7 +183,8 @@ def main(models: str, calib_count: int | None, val_count: int | None, min_sqnr: 
             click.echo(f"\n{name}: skipped ({reason})")
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            results[name] = run_model(entry, Path(tmp), calib_count, val_count, tools(min_sqnr))
+            results[name] = run_model(entry, Path(tmp), calib_count, val_count, chosen,
+                                      (target, target_file))
         print_table(name, results[name])
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from onnxq.errors import OnnxqError
-from onnxq.numerics.affine import QTYPES
+from onnxq.numerics.affine import QTYPES, WIDE
 from onnxq.numerics.observers import OBSERVERS
+from onnxq.targets.profile import INT4_STORAGE, TargetProfile, load_target
 
 WEIGHT_TYPES = ("int8", "int4")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "none")
@@ -27,14 +28,17 @@ PRESETS: dict[str, dict[str, object]] = {
 class QuantConfig:
     """Choices for one quantization run (the CLI flags map one to one)."""
 
-    weights: str = "int8"
-    activations: str = "uint8"
+    weights: str | None = None
+    """Weight type (None: the target's default)."""
+    activations: str | None = None
+    """Activation type, or ``none`` for weight-only (None: the target's default)."""
     observer: str = "minmax"
     weight_observer: str = "auto"
     samples: int | None = 256
     seed: int = 0
     exclude: tuple[str, ...] = ()
-    keep_fragile_float: bool = True
+    keep_fragile_float: bool | None = None
+    """Keep LayerNorm/GELU/softmax chains float (None: the target's default)."""
     fuse: bool = True
     equalize: str = "none"
     bias_correction: str = "empirical"
@@ -49,8 +53,28 @@ class QuantConfig:
     batch_size: int = 8
     min_cosine: float = 0.5
     min_sqnr: float | None = None
+    target: TargetProfile = dataclasses.field(default_factory=load_target)
+    int4_storage: str | None = None
+    """How int4 weights are stored: ``packed`` or ``int8`` containers (None: the target's)."""
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Fixed input shapes (``--input-shape``), for targets that need static shapes."""
 
     def __post_init__(self) -> None:
+        target = self.target
+        if self.weights is None:
+            object.__setattr__(self, "weights", target.weights[0])
+        if self.activations is None:
+            object.__setattr__(self, "activations", target.activations[0])
+        if self.keep_fragile_float is None:
+            object.__setattr__(self, "keep_fragile_float", target.keep_fragile_float)
+        eight_bit = self.activations in ("uint8", "int8")
+        if self.int4_storage is None:  # 8-bit kernels need 8-bit activations beside them
+            object.__setattr__(self, "int4_storage",
+                               target.int4_storage if eight_bit else "packed")
+        elif self.int4_storage == "int8" and not eight_bit:
+            raise OnnxqError(f"--int4-storage int8 runs int4 weights on 8-bit kernels, which "
+                             f"need 8-bit activations (not {self.activations}); use "
+                             "--int4-storage packed")
         checks = [("weights", self.weights, WEIGHT_TYPES),
                   ("activations", self.activations, ACTIVATION_TYPES),
                   ("observer", self.observer, OBSERVERS),
@@ -59,10 +83,17 @@ class QuantConfig:
                   ("equalize", self.equalize, EQUALIZE),
                   ("bias_correction", self.bias_correction, BIAS_CORRECTION),
                   ("rounding", self.rounding, ROUNDING),
-                  ("loss", self.loss, LOSSES)]
+                  ("loss", self.loss, LOSSES),
+                  ("int4_storage", self.int4_storage, INT4_STORAGE)]
         for field, value, allowed in checks:
             if value not in allowed:
                 raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
+        runs = [("weights", self.weights, target.weights),
+                ("activations", self.activations, (*target.activations, "none"))]
+        for field, value, allowed in runs:
+            if value not in allowed:
+                raise OnnxqError(f"--target {target.name} does not run {value} {field}; use "
+                                 f"{' or '.join(allowed)} (or another --target)")
         if self.activations == "none" and (self.refine_ranges or self.rounding != "nearest"
                                            or self.bias_correction == "empirical"):
             raise OnnxqError("weight-only quantization (no calibration data) cannot refine "
@@ -85,6 +116,11 @@ class QuantConfig:
         if self.min_sqnr is not None and not self.needs_data:
             raise OnnxqError("--min-sqnr measures quantized activations on calibration data; "
                              "drop it for weight-only quantization (--calib none)")
+        wide = WIDE.get(self.activations)
+        if self.min_sqnr is not None and wide not in target.activations:
+            raise OnnxqError(f"--min-sqnr moves activations to {wide}, which --target "
+                             f"{target.name} does not run; drop --min-sqnr or use another "
+                             "--target")
         if self.seed < 0:
             raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:
@@ -121,4 +157,9 @@ class QuantConfig:
         kinds = [self.weights] + ([self.activations] if self.activations != "none" else [])
         if self.min_sqnr is not None:  # the guard may move activations to 16 bits
             kinds.append("uint16")
-        return max(QTYPES[kind].min_opset for kind in kinds)
+        return max(self.target.min_opset, *(QTYPES[kind].min_opset for kind in kinds))
+
+    @property
+    def weight_storage(self) -> dict[str, str]:
+        """Weight grid -> the type that stores it (int4 in int8 containers, when chosen)."""
+        return {"int4": "int8"} if self.int4_storage == "int8" else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
@@ -106,3 +107,14 @@ def clip_bounds(node: ir.Node) -> tuple[float, float]:
         const = value.const_value if value is not None else None
         bounds.append(default if const is None else float(const.numpy().reshape(-1)[0]))
     return bounds[0], bounds[1]
+
+
+def fused_chain_end(value: ir.Value, fused: Collection[str]) -> ir.Value:
+    """``value``, or the output of the ``fused`` activations that alone read it, one after
+    the other (the Q of a Conv -> Relu unit goes after the Relu)."""
+    while True:
+        readers = list(value.uses())
+        if (len(readers) != 1 or value.is_graph_output() or readers[0][0].op_type not in fused
+                or not readers[0][0].outputs):
+            return value
+        value = readers[0][0].outputs[0]

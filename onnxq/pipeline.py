@@ -53,6 +53,9 @@ class QuantReport:
     """Activation groups ``--min-sqnr`` moved to 16 bits (most harmful first)."""
     guard_sqnr_db: list[float] = dataclasses.field(default_factory=list)
     """Output SQNR on the held-out samples before and after ``--min-sqnr``'s promotions."""
+    target: str = "ort-cpu"
+    target_rules: dict[str, int] = dataclasses.field(default_factory=dict)
+    """How often each of the target's rules changed a decision."""
     output_cosine: float | None = None
     plan: str = dataclasses.field(default="", repr=False)
     """The run's plan as JSON (``QuantPlan.to_json``; not part of the report's JSON)."""
@@ -101,6 +104,8 @@ STAGES: tuple[Stage, ...] = (
           lambda s, ctx: ctx.config.refine_ranges and bool(s.activations)),
     Stage("guard", refine.min_sqnr_guard,
           lambda s, ctx: ctx.config.min_sqnr is not None and bool(s.activations)),
+    Stage("fixed qparams", refine.fixed_target_qparams,
+          lambda s, ctx: bool(ctx.config.target.fixed_qparams and s.activations)),
     Stage("fit biases", refine.fit_biases),
     Stage("bias correction", refine.empirical_bias_correction,
           lambda s, ctx: ctx.config.bias_correction == "empirical"),
@@ -150,6 +155,8 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         widened_for_bias=sorted(state.widened),
         promoted=state.promoted,
         guard_sqnr_db=state.guard_sqnr_db,
+        target=config.target.name,
+        target_rules=dict(sorted(state.target_rules.items())),
         plan=state.plan.to_json(),
     )
     model.metadata_props["onnxq.version"] = VERSION

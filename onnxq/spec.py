@@ -49,7 +49,8 @@ class QuantPlan:
 
     ``activations`` maps a tensor to its spec; tensors in one ``groups`` set share
     qparams (pass-through ops, Concat).  ``uses`` lists the (node name, input index)
-    pairs that read the quantized form of an activation.  ``float_nodes`` says why
+    pairs that read the quantized form of an activation; ``outputs`` the graph outputs
+    that are the quantized form of theirs (the DQ output keeps the name).  ``float_nodes`` says why
     nodes were left in float.  ``nodes`` binds the node names to one model's nodes
     (``bind``); it is not part of the value.
     """
@@ -59,6 +60,7 @@ class QuantPlan:
     biases: dict[str, BiasSpec] = dataclasses.field(default_factory=dict)
     uses: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=dict)
     parent: dict[str, str] = dataclasses.field(default_factory=dict)
+    outputs: list[str] = dataclasses.field(default_factory=list)
     float_nodes: dict[str, str] = dataclasses.field(default_factory=dict)
     nodes: dict[str, ir.Node] = dataclasses.field(default_factory=dict, compare=False,
                                                   repr=False)
@@ -110,6 +112,7 @@ class QuantPlan:
             "biases": {k: dataclasses.asdict(v) for k, v in self.biases.items()},
             "uses": {k: [list(use) for use in v] for k, v in self.uses.items()},
             "groups": self.parent,
+            "outputs": self.outputs,
             "float_nodes": self.float_nodes,
         }, indent=1)
 
@@ -127,6 +130,7 @@ class QuantPlan:
                 uses={k: [(str(node), int(index)) for node, index in v]
                       for k, v in data["uses"].items()},
                 parent={str(k): str(v) for k, v in data["groups"].items()},
+                outputs=[str(name) for name in data.get("outputs", [])],
                 float_nodes={str(k): str(v) for k, v in data["float_nodes"].items()})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise OnnxqError(f"{source} is not an onnxq plan ({type(exc).__name__}: "

@@ -4,6 +4,7 @@ decide and measure (``QuantState``), and the ``Stage`` record ``pipeline.STAGES`
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -56,6 +57,8 @@ class QuantState:
     widened: set[str] = dataclasses.field(default_factory=set)
     reconstruction: list[dict] = dataclasses.field(default_factory=list)
     promoted: list[dict] = dataclasses.field(default_factory=list)
+    target_rules: Counter[str] = dataclasses.field(default_factory=Counter)
+    """How often each rule of the target changed a decision (annotation, emission)."""
     guard_sqnr_db: list[float] = dataclasses.field(default_factory=list)
 
 

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import tempfile
+import functools
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from onnxq.errors import OnnxqError
 from onnxq.io.data import Feed, check_feed, model_inputs
-from onnxq.io.runtime import make_session, open_session, run, session_options
+from onnxq.io.runtime import make_session, open_session, run
 from onnxq.progress import Progress
+from onnxq.targets.runtimes import TargetRun
 
 
 @dataclasses.dataclass
@@ -78,14 +76,21 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def compare(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed],
+def compare(fp32: ir.Model, quantized: ir.Model | TargetRun, data: Iterable[Feed],
             labels: Sequence[int | None] | None = None, device: str = "cpu",
             progress: Progress | None = None, total: int | None = None) -> Comparison:
-    """Run both models on ``data`` (one sample per feed) and measure agreement, streaming."""
+    """Run both models on ``data`` (one sample per feed) and measure agreement, streaming;
+    ``quantized`` may be a model loaded on a target's runtime (FP32 runs on ORT)."""
     progress = progress or Progress(quiet=True)
-    ref_session, q_session = make_session(fp32, device), make_session(quantized, device)
+    ref_session = make_session(fp32, device)
     names = [o.name for o in ref_session.get_outputs()]
-    if names != [o.name for o in q_session.get_outputs()]:
+    if isinstance(quantized, ir.Model):
+        q_session = make_session(quantized, device)
+        q_names = [o.name for o in q_session.get_outputs()]
+        run_quantized = functools.partial(run, q_session, names)
+    else:
+        q_names, run_quantized = quantized.output_names, quantized.infer
+    if sorted(names) != sorted(q_names):
         raise OnnxqError("the two models have different outputs; compare a model with its "
                          "own quantized version")
     accumulators = {name: _Accumulator() for name in names}
@@ -94,7 +99,9 @@ def compare(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed],
     for i, feed in enumerate(progress(data, "validate", total=total)):
         check_feed(feed, inputs, i, role="validation")
         ref_out = run(ref_session, names, feed)
-        q_out = run(q_session, names, feed)
+        q_out = run_quantized(feed)
+        if not isinstance(quantized, ir.Model):  # the runtime's own output order
+            q_out = [q_out[q_names.index(name)] for name in names]
         batch_labels = [labels[i]] if labels is not None else None
         for name, r, q in zip(names, ref_out, q_out, strict=True):
             if r.shape != q.shape:
@@ -121,25 +128,21 @@ def _sqnr(a: _Accumulator) -> float:
     return float("inf") if a.noise == 0 else 10.0 * float(np.log10(max(a.signal, 1e-30) / a.noise))
 
 
-def latency_ms(model: ir.Model | str, feed: Feed, threads: int = 1, runs: int = 50,
+def latency_ms(model: ir.Model | str | TargetRun, feed: Feed, threads: int = 1, runs: int = 50,
                warmup: int = 5) -> float:
-    """Median single-batch latency on ORT CPU with ``threads`` intra-op threads."""
-    session = (open_session(model, "cpu", threads) if isinstance(model, str)
-               else make_session(model, "cpu", threads=threads))
+    """Median single-batch latency: on ORT CPU with ``threads`` intra-op threads, or on the
+    runtime a ``TargetRun`` was loaded on."""
+    if isinstance(model, TargetRun):
+        infer = model.infer
+    else:
+        session = (open_session(model, "cpu", threads) if isinstance(model, str)
+                   else make_session(model, "cpu", threads=threads))
+        infer = functools.partial(run, session, None)
     for _ in range(warmup):
-        run(session, None, feed)
+        infer(feed)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, feed)
+        infer(feed)
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
-
-
-def optimized_op_types(path: str | Path) -> list[str]:
-    """Op types of the graph ORT CPU actually runs (its optimized graph, 1 thread)."""
-    with tempfile.TemporaryDirectory(prefix="onnxq-opt-") as tmp:
-        options = session_options(1)
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]

@@ -26,6 +26,7 @@ from onnxq.config import (
 from onnxq.errors import OnnxqError
 from onnxq.numerics.observers import OBSERVERS
 from onnxq.spec import QuantPlan
+from onnxq.targets.profile import INT4_STORAGE, load_target, targets
 
 
 def _echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -146,6 +147,19 @@ def main() -> None:
     """onnxq: post-training quantization of ONNX graphs to QDQ models."""
 
 
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME=1x3x224x224`` (``--input-shape``) as (name, dims), or one error line."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split("x"))
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise OnnxqError(f"--input-shape takes NAME=DxDx... with positive dims, e.g. "
+                         f"input=1x3x224x224; got {text!r}")
+    return name, shape
+
+
 def _read_plan(path: str) -> QuantPlan:
     """The plan at ``path`` (``--plan``), or one error line."""
     try:
@@ -164,9 +178,20 @@ def _read_plan(path: str) -> QuantPlan:
               help="Image folder, .npz file, folder of .npz files, 'random', or 'none' "
                    "(weight-only quantization, calibration-free pre-calibration).")
 @_image_options
-@click.option("--weights", type=click.Choice(WEIGHT_TYPES), default="int8", show_default=True)
-@click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8",
-              show_default=True)
+@click.option("--target", type=click.Choice(targets()), default="ort-cpu", show_default=True,
+              help="Runtime the model is for: its QDQ rules (onnxq/targets/<target>.toml).")
+@click.option("--target-file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file whose entries override the --target profile's.")
+@click.option("--weights", type=click.Choice(WEIGHT_TYPES), default=None,
+              help="Weight type (default: the target's, int8).")
+@click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default=None,
+              help="Activation type (default: the target's: uint8, int8 for tensorrt/ort-gpu).")
+@click.option("--int4-storage", type=click.Choice(INT4_STORAGE), default=None,
+              help="int4 weights as packed INT4, or the 4-bit grid in int8 containers, which "
+                   "8-bit kernels run (default: the target's; int8 on ort-cpu).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Fix a dynamic input's shape (targets with static shapes take the "
+                   "calibration data's by default).")
 @click.option("--observer", type=click.Choice(OBSERVERS), default="minmax", show_default=True,
               help="Activation range observer.")
 @click.option("--weight-observer", type=click.Choice(WEIGHT_OBSERVERS), default="auto",
@@ -219,9 +244,10 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars or notes.")
 @_one_line_errors
-def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights, activations,
-             observer, weight_observer, samples, seed, exclude, preset, fuse, equalize,
-             bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
+def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target, target_file,
+             weights, activations, int4_storage, input_shapes, observer, weight_observer,
+             samples, seed, exclude, preset, fuse, equalize, bias_correction, refine_ranges,
+             rounding, iters, learn_scale, loss, cache_mb,
              precalibrate, quantize_fragile, min_cosine, min_sqnr, plan_out, plan_path, device,
              quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
@@ -237,9 +263,12 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
         preset, activations = "fast", "none"
         passes["precalibrate"] = precalibrate is not False
     config = QuantConfig.from_preset(
-        preset, weights=weights, activations=activations, observer=observer,
+        preset, target=load_target(target, target_file), weights=weights,
+        activations=activations, int4_storage=int4_storage,
+        input_shapes=tuple(_input_shape(text) for text in input_shapes), observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
-        keep_fragile_float=not quantize_fragile, device=device, rounding=rounding, iters=iters,
+        keep_fragile_float=False if quantize_fragile else None, device=device,
+        rounding=rounding, iters=iters,
         learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
         min_sqnr=min_sqnr,
         **{name: value for name, value in passes.items() if value is not None})
@@ -282,21 +311,35 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, weights
 @click.option("--threads", type=int, default=1, show_default=True,
               help="ORT intra-op threads for the latency measurement (batch 1).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--target", type=click.Choice(targets()), default=None,
+              help="Run QUANTIZED on this target's runtime (QNN HTP simulator, OpenVINO, ORT "
+                   "CPU/CUDA/TensorRT): its rules checked, each layer's executed precision.")
 @click.option("--quiet", is_flag=True)
 @_one_line_errors
 def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, samples, seed, threads,
-             device, quiet) -> None:
+             device, target, quiet) -> None:
     """Compare QUANTIZED with FP32: SQNR, cosine, top-1 agreement/accuracy, latency."""
     from onnxq.analysis.validate import compare, latency_ms
     from onnxq.io.model_io import load_model
     from onnxq.io.sources import open_source
     from onnxq.progress import Progress
+    from onnxq.targets.conformance import problems
+    from onnxq.targets.runtimes import load_on
 
     reference, candidate = load_model(fp32), load_model(quantized)
     source = open_source(data, reference, _make_image_options(
         size, resize, mean, std, bgr, layout), samples, seed)
     labels = getattr(source, "labels", None)
-    result = compare(reference, candidate, source, labels, device, Progress(quiet),
+    runner = candidate
+    if target is not None:
+        profile = load_target(target)
+        found = problems(candidate, profile)
+        click.echo(f"--target {target}: " + ("the model follows its rules" if not found else
+                   f"{len(found)} rule(s) broken: " + "; ".join(found[:5])))
+        runner = load_on(quantized, profile.runtime, threads)
+        click.echo(f"  on {profile.runtime}: " + ", ".join(
+            f"{kind} {count}" for kind, count in sorted(runner.layers.items())))
+    result = compare(reference, runner, source, labels, device, Progress(quiet),
                      total=len(source))
     click.echo(f"{result.samples} samples")
     for out in result.outputs:
@@ -307,9 +350,13 @@ def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, sample
         click.echo(f"  labelled top-1: FP32 {result.top1_fp32:.4f}, "
                    f"quantized {result.top1_quantized:.4f}")
     feed = next(iter(source))
-    click.echo(f"  latency (batch 1, {threads} thread(s)): FP32 "
-               f"{latency_ms(reference, feed, threads):.2f} ms, quantized "
-               f"{latency_ms(candidate, feed, threads):.2f} ms")
+    where = "ORT CPU" if target is None else runner.runtime
+    if where == "qnn-htp":
+        click.echo("  latency: not measured (the QNN HTP simulator's time is not a device's)")
+        return
+    click.echo(f"  latency (batch 1, {threads} thread(s)): FP32 on ORT CPU "
+               f"{latency_ms(reference, feed, threads):.2f} ms, quantized on {where} "
+               f"{latency_ms(runner, feed, threads):.2f} ms")
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 PACKED = (ir.DataType.INT4, ir.DataType.UINT4)
 """Integer types ORT cannot hand back as numpy arrays."""
+TENSOR_KEY = "onnxq.tensor"
+"""Metadata of a QuantizeLinear whose input was renamed: the activation it quantizes (a
+quantized graph output hands its name to its DQ)."""
 SHAPE_READERS = ("Shape", "Size")
 """Ops that read only their input's shape, which its DequantizeLinear output shares."""
 
@@ -35,9 +39,9 @@ def activation_readouts(model: ir.Model) -> dict[str, tuple[str, bool]]:
                            if user.op_type == "DequantizeLinear"), None)
         if dequantize is None:
             continue
-        found[node.inputs[0].name] = ((dequantize.outputs[0].name, False)
-                                      if node.outputs[0].dtype in PACKED
-                                      else (node.outputs[0].name, True))
+        name = node.metadata_props.get(TENSOR_KEY, node.inputs[0].name)
+        found[name] = ((dequantize.outputs[0].name, False) if node.outputs[0].dtype in PACKED
+                       else (node.outputs[0].name, True))
     return found
 
 
@@ -46,18 +50,23 @@ class EmitQDQPass(ir.passes.InPlacePass):
 
     Changes: every planned activation gets ``<name>_QuantizeLinear`` and
     ``<name>_DequantizeLinear`` nodes read by the planned consumers (and its Shape/Size
-    readers); every planned
-    weight/bias initializer is replaced by an integer initializer behind a
-    DequantizeLinear, so the file really shrinks.  Scale, zero point and observer
-    are written to each node's doc_string for inspection in Netron.
+    readers; a planned graph output becomes the DQ's output, under its own name); every
+    planned weight/bias initializer is replaced by an integer initializer (of the
+    ``storage`` type, when one is given for its grid and it has no blocks) behind a
+    DequantizeLinear, so the file really shrinks.  Scale, zero point and observer are
+    written to each node's doc_string for inspection in Netron.
     """
 
     def __init__(self, plan: QuantPlan, activation_qparams: dict[str, QParams],
-                 weight_qparams: dict[str, QParams]):
+                 weight_qparams: dict[str, QParams], storage: Mapping[str, str] | None = None,
+                 int8_lookups: bool = True):
         super().__init__()
         self.plan = plan
         self.activation_qparams = activation_qparams
         self.weight_qparams = weight_qparams
+        self.storage = dict(storage or {})
+        """Weight grid -> the type its integers are stored as (int4 in int8 containers)."""
+        self.int8_lookups = int8_lookups
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -87,9 +96,11 @@ class EmitQDQPass(ir.passes.InPlacePass):
             params = self.activation_qparams.get(name)
             if params is None:
                 continue
-            self._emit_activation(values[name], self.plan.readers(name), params)
+            self._emit_activation(values[name], self.plan.readers(name), params,
+                                  name in self.plan.outputs)
         for each in model.graphs():
-            for dq in [n for n in each if n.op_type == "DequantizeLinear"]:
+            for dq in [n for n in each if n.op_type == "DequantizeLinear"
+                       and self.int8_lookups]:
                 self._dequantize_after_lookups(dq)
             each.sort()
         modified = bool(self.plan.weights or self.plan.uses)
@@ -111,9 +122,9 @@ class EmitQDQPass(ir.passes.InPlacePass):
             if axis is not None and shape is not None and not -len(shape) <= axis < len(shape):
                 raise ir.passes.PostconditionError(f"{node.name}: axis {axis} out of range")
 
-    def _qparam_initializers(self, graph: ir.Graph, prefix: str,
-                             params: QParams) -> tuple[ir.Value, ir.Value]:
-        grid = QTYPES[params.qtype]
+    def _qparam_initializers(self, graph: ir.Graph, prefix: str, params: QParams,
+                             stored: str | None = None) -> tuple[ir.Value, ir.Value]:
+        grid = QTYPES[stored or params.qtype]
         scale = (params.scale if params.block_size else params.scale.reshape(-1)
                  if params.axis is not None else params.scale.reshape(()))
         zp = params.zero_point.reshape(scale.shape).astype(grid.numpy_dtype)
@@ -139,15 +150,20 @@ class EmitQDQPass(ir.passes.InPlacePass):
         the graph of its consumers when they all sit in one If/Loop/Scan body."""
         homes = {id(node.graph): node.graph for node, _ in value.uses() if node.graph}
         graph = next(iter(homes.values())) if len(homes) == 1 else main
-        grid = QTYPES[params.qtype]
+        stored = (params.qtype if params.block_size  # blocks: ORT's int4 MatMulNBits path
+                  else self.storage.get(params.qtype, params.qtype))
+        container = QTYPES[stored]
         w = value.const_value.numpy()
-        q = quantize(w, params.scale, params.zero_point, grid, params.axis, params.block_size)
+        q = quantize(w, params.scale, params.zero_point, QTYPES[params.qtype], params.axis,
+                     params.block_size)
         name = value.name
         q_name = self.names(f"{name}_quantized")
         q_value = ir.Value(name=q_name, const_value=ir.tensor(
-            q.astype(grid.numpy_dtype), dtype=grid.dtype, name=q_name))
+            q.astype(container.numpy_dtype), dtype=container.dtype, name=q_name))
         graph.register_initializer(q_value)
-        scale, zp = self._qparam_initializers(graph, name, params)
+        scale, zp = self._qparam_initializers(graph, name, params, stored)
+        if stored != params.qtype:
+            how = how.replace(f"weight {params.qtype}", f"weight {params.qtype} in {stored}")
         attrs = {"axis": params.axis} if params.axis is not None else {}
         if params.block_size:
             attrs["block_size"] = params.block_size
@@ -169,6 +185,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
         axis = dq.attributes.get_int("axis", None)
         table = dq.inputs[0]
         if (not users or axis not in (None, 1) or table.const_value is None
+                or table.const_value.dtype in PACKED  # ORT's Gather takes no 4-bit tensor
                 or len(table.const_value.shape) != 2
                 or not all(user.op_type == "Gather" and index == 0
                            and user.attributes.get_int("axis", 0) == 0
@@ -199,25 +216,35 @@ class EmitQDQPass(ir.passes.InPlacePass):
         dq.graph.remove(dq, safe=True)
 
     def _emit_activation(self, value: ir.Value, uses: list[tuple[ir.Node, int]],
-                         params: QParams) -> None:
+                         params: QParams, output: bool = False) -> None:
         """Insert Q -> DQ after ``value`` (in the graph it lives in) and point the planned
         consumers, and those that read only its shape, at the DQ output (a Shape left on the
-        float tensor would keep ORT from fusing its producer into QLinearConv)."""
+        float tensor would keep ORT from fusing its producer into QLinearConv); an
+        ``output`` (a graph output read quantized) hands its name to the DQ output."""
         grid = QTYPES[params.qtype]
         producer = value.producer()
         graph = producer.graph if producer is not None else value.graph
-        scale, zp = self._qparam_initializers(graph, value.name, params)
+        name = value.name
+        scale, zp = self._qparam_initializers(graph, name, params)
         doc = f"activation {params.qtype}; {self._describe(params)}"
         q = ir.node("QuantizeLinear", [value, scale, zp],
-                    name=self.names(f"{value.name}_QuantizeLinear"), doc_string=doc)
-        q.outputs[0].name = self.names(f"{value.name}_quantized")
+                    name=self.names(f"{name}_QuantizeLinear"), doc_string=doc)
+        q.outputs[0].name = self.names(f"{name}_quantized")
         q.outputs[0].dtype = grid.dtype
         q.outputs[0].shape = value.shape
         dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zp],
-                     name=self.names(f"{value.name}_DequantizeLinear"), doc_string=doc)
-        dq.outputs[0].name = self.names(f"{value.name}_dequantized")
+                     name=self.names(f"{name}_DequantizeLinear"), doc_string=doc)
         dq.outputs[0].dtype = value.dtype
         dq.outputs[0].shape = value.shape
+        if output:
+            value.name = self.names(f"{name}_float")
+            q.metadata_props[TENSOR_KEY] = name
+            dq.outputs[0].name = name
+            for k, graph_output in enumerate(graph.outputs):
+                if graph_output is value:
+                    graph.outputs[k] = dq.outputs[0]
+        else:
+            dq.outputs[0].name = self.names(f"{name}_dequantized")
         if producer is None:
             graph.insert_before(graph.node(0), [q, dq])
         else:

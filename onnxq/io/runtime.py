@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
+from pathlib import Path
 
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -109,3 +112,12 @@ def run(session: ort.InferenceSession, names: list[str] | None, feed: dict) -> l
         reason = _SOURCE_LOCATION.sub("", reason)[:200]
         raise OnnxqError(f"ONNX Runtime failed running the model on the data ({reason}); "
                          "check that the data fits the model (shapes, value ranges)") from None
+
+
+def optimized_op_types(path: str | Path) -> list[str]:
+    """Op types of the graph ORT CPU actually runs (its optimized graph, 1 thread)."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-opt-") as tmp:
+        options = session_options(1)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]

@@ -9,14 +9,16 @@ ops (Reshape, Transpose, MaxPool, Concat, Pad, ...) share their input's qparams.
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxq.config import QuantConfig
+from onnxq.graph import fused_chain_end
 from onnxq.ops import LAYERS
-from onnxq.plan.fragile import find_fragile
+from onnxq.plan.fragile import find_fragile, fused_chains
 from onnxq.spec import BiasSpec, QuantPlan, QuantSpec
 
 PASS_THROUGH = {
@@ -31,6 +33,8 @@ class Annotator:
     def __init__(self, config: QuantConfig):
         self.config = config
         self.plan = QuantPlan()
+        self.rules: Counter[str] = Counter()
+        """How often each of the target's rules changed a decision."""
 
     def activation_spec(self) -> QuantSpec:
         """The spec every quantized activation gets."""
@@ -50,17 +54,27 @@ class Annotator:
         if self.config.activations == "none":  # weight-only: the layer still counts
             return True
         self.plan.activations.setdefault(value.name, self.activation_spec())
-        self.plan.uses.setdefault(value.name, []).append((node.name, index))
+        uses = self.plan.uses.setdefault(value.name, [])
+        if (node.name, index) not in uses:
+            uses.append((node.name, index))
         return True
 
     def weight(self, node: ir.Node, index: int, axis: int | None) -> bool:
-        """Quantize constant input ``index`` per channel along ``axis`` (None: per tensor)."""
+        """Quantize constant input ``index`` per channel along ``axis`` (None: per tensor),
+        or along the target's axis for the op, or per tensor where the target wants it."""
         value = node.inputs[index]
         if value is None or not value.is_initializer() or value.dtype != ir.DataType.FLOAT:
             return False
         if not np.isfinite(value.const_value.numpy()).all():
             self.plan.float_nodes[node.name] = "weight holds inf/nan: runs in float"
             return False
+        target = self.config.target
+        if axis is not None and node.op_type in target.per_tensor_weights:
+            axis = None
+            self.rules[f"{node.op_type} weights per tensor"] += 1
+        elif axis is not None and node.op_type in target.weight_axes:
+            axis = target.weight_axes[node.op_type]
+            self.rules[f"{node.op_type} weights per channel on axis {axis}"] += 1
         rank = len(value.const_value.shape)
         if axis is not None and axis >= rank:
             axis = None
@@ -75,8 +89,17 @@ class Annotator:
     def bias(self, node: ir.Node, index: int, act_index: int, weight_index: int) -> None:
         """Quantize a 1-D bias to int32 with scale s_input * s_weight."""
         bias = node.inputs[index] if len(node.inputs) > index else None
+        if not self.config.target.quantize_bias and bias is not None:
+            self.rules["biases kept float"] += 1
+            return
         if (bias is None or not bias.is_initializer() or bias.dtype != ir.DataType.FLOAT
                 or len(bias.const_value.shape) != 1):
+            return
+        weight = self.plan.weights.get(node.inputs[weight_index].name)
+        rank = len(node.inputs[weight_index].const_value.shape)
+        if weight is not None and weight.axis not in (None, LAYERS[node.op_type].weight_axis(
+                node, rank)):  # scales per input channel: no int32 bias scale per output
+            self.rules["biases kept float"] += 1
             return
         self.plan.biases[bias.name] = BiasSpec(node.inputs[act_index].name,
                                                node.inputs[weight_index].name)
@@ -95,6 +118,15 @@ def _single_input(a: Annotator, node: ir.Node) -> None:
     a.activation(node, 0)
 
 
+def _every_input(a: Annotator, node: ir.Node) -> None:
+    """The target's ``quantized_ops``: every run-time float input quantized, every float
+    constant as a per-tensor weight."""
+    for index, value in enumerate(node.inputs):
+        if not a.activation(node, index) and value is not None and value.is_initializer():
+            a.weight(node, index, None)
+    a.rules[f"{node.op_type} quantized for the target"] += 1
+
+
 REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     **{op: kind.annotate for op, kind in LAYERS.items()},  # Conv, Gemm, MatMul, LSTM, ...
     "Add": _binary,
@@ -104,7 +136,12 @@ REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     "Sigmoid": _single_input,
     "LeakyRelu": _single_input,
 }
-NO_QUANT_NEEDED = PASS_THROUGH | {"Relu", "Clip", "Concat", "Constant", "Shape", "Cast"}
+NO_QUANT_NEEDED = PASS_THROUGH | {"Concat", "Constant", "Shape", "Cast"}
+FUSABLE = {"Relu", "Clip"}
+"""Activations a target may fuse into the op before them (``fused_activations``); where it
+does not, they quantize their input like Sigmoid."""
+NOT_QUANTIZED = {"Shape", "Size", "Cast", "Constant"}
+"""Ops whose output is never quantized, even on targets that quantize every output."""
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 """Ops whose bodies are annotated like the main graph (they compute nothing themselves)."""
 
@@ -158,23 +195,78 @@ def _share_through(a: Annotator, graph: ir.Graph) -> None:
                 a.plan.share(out, node.inputs[i].name)
 
 
-def annotate(model: ir.Model, config: QuantConfig) -> QuantPlan:
+def _chain_inputs(a: Annotator, node: ir.Node, fused: set[ir.Node]) -> None:
+    """A node of a fused chain quantizes only the inputs that come from outside it."""
+    for index, value in enumerate(node.inputs):
+        if value is not None and value.producer() not in fused:
+            a.activation(node, index)
+    a.rules["fused chain quantized at its borders"] += 1
+
+
+def _quantize_outputs(a: Annotator, graph: ir.Graph, fused: set[ir.Node]) -> None:
+    """Where the target wants whole DQ -> op -> Q units: the output of every op of
+    ``quantize_outputs`` that reads a quantized input is quantized too (a graph output only
+    under ``quantize_graph_outputs``), and all its readers read it through the DQ."""
+    target, plan = a.config.target, a.plan
+    for node in graph:
+        if (not node.outputs or node.name in plan.float_nodes or node.op_type in NOT_QUANTIZED
+                or not target.quantizes_output(node.op_type)):
+            continue
+        quantized_reader = any((node.name, i) in plan.uses.get(v.name, ())
+                               for i, v in enumerate(node.inputs) if v is not None)
+        inside = node in fused and all(user in fused for user, _ in node.outputs[0].uses())
+        if not quantized_reader or inside:
+            continue
+        value = fused_chain_end(node.outputs[0], target.fused_activations)
+        if not a.is_activation(value) or (value.is_graph_output()
+                                          and not target.quantize_graph_outputs):
+            continue
+        planned = plan.uses.get(value.name, [])
+        missing = [(user, i) for user, i in value.uses() if (user.name, i) not in planned]
+        output = value.is_graph_output() and value.name not in plan.outputs
+        if not missing and not output:
+            continue
+        a.rules["outputs quantized for whole DQ -> op -> Q units"] += 1
+        plan.activations.setdefault(value.name, a.activation_spec())
+        plan.uses.setdefault(value.name, [])
+        for user, index in missing:
+            a.activation(user, index)
+        if output:
+            plan.outputs.append(value.name)
+
+
+def annotate(model: ir.Model, config: QuantConfig, rules: Counter[str] | None = None
+             ) -> QuantPlan:
     """Decide, for every tensor of ``model`` (If/Loop/Scan bodies included), whether and how
-    it is quantized."""
+    it is quantized, under ``config.target``'s rules (how often each changed a decision is
+    counted into ``rules``)."""
     a = Annotator(config)
+    target = config.target
     graphs = list(model.graphs())
     if config.keep_fragile_float:
         for graph in graphs:
             for node, reason in find_fragile(graph).items():
                 a.plan.float_nodes[node.name] = f"kept float: {reason}"
+    fused = fused_chains(graphs, target.fused_patterns)
     for node in (node for graph in graphs for node in graph):
         if node.name in a.plan.float_nodes:
             continue
         if _excluded(node, config.exclude):
             a.plan.float_nodes[node.name] = "excluded by --exclude"
-        elif node.op_type in REGISTRY:
+        elif node in fused:
+            _chain_inputs(a, node, fused)
+        elif node.op_type in target.float_ops:
+            a.plan.float_nodes[node.name] = f"kept float on --target {target.name}"
+            a.rules[f"{node.op_type} kept float"] += 1
+        elif node.op_type in LAYERS or (node.op_type in REGISTRY
+                                        and not target.quantizes_op(node.op_type)):
             REGISTRY[node.op_type](a, node)
-        elif (node.op_type not in NO_QUANT_NEEDED | CONTROL_FLOW
+        elif (target.quantizes_op(node.op_type) and node.domain in ("", "ai.onnx")
+              and node.op_type not in NO_QUANT_NEEDED | FUSABLE | CONTROL_FLOW | NOT_QUANTIZED):
+            _every_input(a, node)
+        elif node.op_type in FUSABLE and node.op_type not in target.fused_activations:
+            _single_input(a, node)
+        elif (node.op_type not in NO_QUANT_NEEDED | FUSABLE | CONTROL_FLOW
               and node.domain in ("", "ai.onnx")):
             a.plan.float_nodes[node.name] = (f"no quantized kernel for {node.op_type}: "
                                              "runs in float")
@@ -183,4 +275,10 @@ def annotate(model: ir.Model, config: QuantConfig) -> QuantPlan:
                                              "quantized around")
     for graph in graphs:
         _share_through(a, graph)
+    if target.quantize_outputs:
+        for graph in graphs:
+            _quantize_outputs(a, graph, fused)
+            _share_through(a, graph)
+    if rules is not None:
+        rules.update(a.rules)
     return a.plan.bind(model)

@@ -131,3 +131,21 @@ def find_fragile(graph: ir.Graph) -> dict[ir.Node, str]:
         if producer is not None and producer.op_type == "Add" and producer not in found:
             found[producer] = "residual add feeding a normalization"
     return found
+
+
+def fused_chains(graphs: list[ir.Graph], patterns: tuple[str, ...]) -> set[ir.Node]:
+    """The nodes of the fragile chains (``find_fragile``'s reasons) named in ``patterns``,
+    from the op that first reads the chain's input on (what computes that input, read by
+    two of the chain's ops, is no part of the fused op)."""
+    if not patterns:
+        return set()
+    chain = {node for graph in graphs for node, reason in find_fragile(graph).items()
+             if reason.split()[0] in patterns}
+    sources = [node for node in chain if node.outputs and sum(
+        user in chain for user, _ in node.outputs[0].uses()) >= 2]
+    while sources:  # a source and what computes it, within the chain
+        node = sources.pop()
+        if node in chain:
+            chain.discard(node)
+            sources += [v.producer() for v in node.inputs if v is not None]
+    return chain

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.graph import model_values
 from onnxq.numerics.affine import QTYPES, channel_ranges, choose_qparams, mse_weight_ranges
 from onnxq.numerics.observers import MinMaxObserver
 from onnxq.spec import QuantPlan
@@ -69,6 +70,32 @@ def resolve_activations(plan: QuantPlan, observers: dict[str, MinMaxObserver],
         for name in members:
             resolved[name] = QParams(scale, zp, qtype)
     return resolved
+
+
+def fixed_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams],
+                  fixed: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
+    """Give the groups whose representative is the output of an op with fixed output qparams
+    for its type (``TargetProfile.fixed_qparams``) those qparams, in ``resolved``; return
+    how many groups changed."""
+    values = model_values(model)
+    changed = 0
+    for root, members in plan.groups().items():
+        producer = values[root].producer() if root in values else None
+        params = resolved.get(root)
+        if producer is None or params is None:
+            continue
+        scale_zp = fixed.get(producer.op_type, {}).get(params.qtype)
+        if scale_zp is None:
+            continue
+        grid = QTYPES[params.qtype]
+        if not grid.qmin <= int(scale_zp[1]) <= grid.qmax:
+            continue
+        fixed_params = QParams(np.array(scale_zp[0], np.float32),
+                               np.array(int(scale_zp[1]), np.int64), params.qtype)
+        for name in members:
+            resolved[name] = fixed_params
+        changed += 1
+    return changed
 
 
 INT32_HEADROOM = 2.0 ** 30

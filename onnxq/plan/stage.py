@@ -32,6 +32,9 @@ def check_plan(model: ir.Model, plan: QuantPlan, config: QuantConfig) -> None:
         rank = len(initializers[name].const_value.shape)
         if spec.axis is not None and not 0 <= spec.axis < rank:
             fail(f"gives weight {name!r} (rank {rank}) channel axis {spec.axis}")
+        if spec.block_size and not config.target.blocked_weights:
+            fail(f"gives weight {name!r} blocks, which --target {config.target.name} does not "
+                 "run")
         if spec.block_size and (config.rounding != "nearest" or config.precalibrate):
             fail(f"gives weight {name!r} blocks, which learned rounding and pre-calibration "
                  "do not handle yet (use --rounding nearest --no-precalibrate)")
@@ -50,6 +53,10 @@ def check_plan(model: ir.Model, plan: QuantPlan, config: QuantConfig) -> None:
             read = node.inputs[index] if node is not None and index < len(node.inputs) else None
             if read is None or read.name != name:
                 fail(f"says node {node_name!r} reads {name!r} as input {index}")
+    outputs = {value.name for value in model.graph.outputs}
+    for name in plan.outputs:
+        if name not in outputs or name not in plan.activations:
+            fail(f"reads graph output {name!r} quantized, which is no quantized graph output")
     for a, b in plan.parent.items():
         if a not in plan.activations or b not in plan.activations:
             fail(f"groups {a!r} with {b!r}, which it does not both quantize")
@@ -62,7 +69,7 @@ def plan_stage(state: QuantState, ctx: RunContext) -> list[str]:
         state.plan = ctx.plan.bind(state.model)
         check_plan(state.model, state.plan, ctx.config)
     else:
-        state.plan = annotate(state.model, ctx.config)
+        state.plan = annotate(state.model, ctx.config, state.target_rules)
     if not state.plan.weights and not state.plan.activations:
         raise OnnxqError("nothing to quantize: the model has no Conv/Gemm/MatMul/Add with float "
                          "inputs (or --exclude matched them all)")

@@ -21,8 +21,10 @@ from onnxq.prepare.fold_constants import FoldConstantsPass
 from onnxq.prepare.fuse_batchnorm import FuseBatchNormPass
 from onnxq.prepare.fuse_matmul_add import FuseMatMulAddPass
 from onnxq.prepare.fuse_pad_into_conv import FusePadIntoConvPass
+from onnxq.prepare.keep_reduced_dims import KeepReducedDimsPass
 from onnxq.prepare.localize_shape import LocalizeShapePass
 from onnxq.prepare.opset_upgrade import OpsetUpgradePass
+from onnxq.prepare.static_shapes import FixInputShapesPass, dynamic_inputs
 from onnxq.prepare.tolerant_shape_inference import TolerantShapeInferencePass
 from onnxq.state import QuantState, RunContext
 
@@ -63,6 +65,8 @@ def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
     ]
     if config.fuse:
         passes += [FuseBatchNormPass(), FuseMatMulAddPass(), FusePadIntoConvPass()]
+    if config.target.keep_reduced_dims:
+        passes.append(KeepReducedDimsPass())
     if config.equalize != "none":
         passes.append(CrossLayerEqualizationPass(
             clip_policy="relu" if config.equalize == "relu" else "skip"))
@@ -83,9 +87,34 @@ def prepare(model: ir.Model, config: QuantConfig, opset: int | None = None) -> l
     return [type(p).__name__ for p in passes]
 
 
+def input_shapes(state: QuantState, ctx: RunContext) -> dict[str, tuple[int, ...]]:
+    """The shapes of the model's dynamic inputs: ``--input-shape``, else those of the first
+    calibration sample."""
+    dynamic = dynamic_inputs(state.model)
+    shapes = dict(ctx.config.input_shapes)
+    missing = [name for name in dynamic if name not in shapes]
+    if missing and ctx.data is not None and iter(ctx.data) is not ctx.data:
+        first = next(iter(ctx.data), {})
+        shapes |= {name: tuple(first[name].shape) for name in missing if name in first}
+        missing = [name for name in missing if name not in shapes]
+    if missing:
+        raise OnnxqError(f"--target {ctx.config.target.name} needs static input shapes, and "
+                         f"input {missing[0]!r} is dynamic: pass --input-shape "
+                         f"{missing[0]}=1x...")
+    return shapes
+
+
 def prepare_stage(state: QuantState, ctx: RunContext) -> list[str]:
-    """The stage: ``prepare`` on the state's model, to the opset a given plan's types need
-    (else the config's)."""
+    """The stage: the static input shapes the target needs (or ``--input-shape`` gives)
+    first, so shape computations fold to constants; then ``prepare`` on the state's model, to
+    the opset a given plan's types need (else the config's)."""
     config = ctx.config
+    passes = []
+    if config.target.static_shapes or config.input_shapes:
+        shapes = input_shapes(state, ctx)
+        if shapes:
+            run_passes([FixInputShapesPass(shapes), TolerantShapeInferencePass()], state.model)
+            state.target_rules["input shapes fixed"] += len(shapes)
+            passes.append("FixInputShapesPass")
     opset = ctx.plan.required_opset(config.min_sqnr is not None) if ctx.plan else None
-    return prepare(state.model, config, opset)
+    return passes + prepare(state.model, config, opset)

@@ -18,7 +18,7 @@ from onnxq.emit.qdq import activation_readouts
 from onnxq.emit.simulate import quantized_copy
 from onnxq.errors import OnnxqError
 from onnxq.io.data import Feed, Limited
-from onnxq.plan.qparams import fit_int32_biases
+from onnxq.plan.qparams import fit_int32_biases, fixed_qparams
 from onnxq.refine.bias_correction import AnalyticBiasCorrectionPass, EmpiricalBiasCorrectionPass
 from onnxq.refine.guard import guard, outputs_on
 from onnxq.refine.precalibrate import PreCalibrateWeightsPass
@@ -100,6 +100,16 @@ def fit_biases(state: QuantState, ctx: RunContext) -> list[str]:
                       f" widened the shared weight scales of {len(shared)} layer(s) so they "
                       f"fit, coarsening their other channels ({', '.join(shared[:3])})",
                       stacklevel=3)
+    return []
+
+
+def fixed_target_qparams(state: QuantState, ctx: RunContext) -> list[str]:
+    """The target's fixed output qparams (QNN's 16-bit Sigmoid/Tanh), over the measured ones
+    (after range refinement and the guard, which chose the grids)."""
+    changed = fixed_qparams(state.model, state.plan, state.activations,
+                            ctx.config.target.fixed_qparams)
+    if changed:
+        state.target_rules["fixed output qparams"] += changed
     return []
 
 

@@ -7,11 +7,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxq.analysis.validate import compare, optimized_op_types
+from onnxq.analysis.validate import compare
 from onnxq.api import quantize
 from onnxq.calibrate.stream import channel_means
 from onnxq.config import QuantConfig
 from onnxq.io.model_io import load_model
+from onnxq.io.runtime import optimized_op_types
 from onnxq.models import tiny_bert
 from onnxq.models.synthetic import image_feeds
 from onnxq.plan.annotate import annotate
@@ -119,7 +120,7 @@ def test_shape_readers_read_the_dequantized_tensor_so_its_producer_fuses(tmp_pat
     ({}, 40.0, 17),
     ({"activations": "int8"}, 40.0, 17),
     ({"activations": "uint16", "weights": "int8"}, 40.0, 21),
-    ({"weights": "int4"}, 25.0, 21),
+    ({"weights": "int4", "int4_storage": "packed"}, 25.0, 21),
     ({"observer": "mse"}, 35.0, 17),
 ])
 def test_quantized_small_cnn_is_valid_smaller_and_close(small_cnn, tmp_path, kwargs, min_sqnr,

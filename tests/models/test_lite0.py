@@ -2,11 +2,12 @@
 
 import pytest
 
-from onnxq.analysis.validate import compare, optimized_op_types
+from onnxq.analysis.validate import compare
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.io.data import ImageFolder
 from onnxq.io.model_io import load_model
+from onnxq.io.runtime import optimized_op_types
 from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS
 
 

@@ -9,11 +9,11 @@ import collections
 
 import pytest
 
-from onnxq.analysis.validate import optimized_op_types
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
 from onnxq.io.data import NpzFolder, model_inputs
 from onnxq.io.model_io import load_model
+from onnxq.io.runtime import optimized_op_types
 from onnxq.models import suite
 
 # model -> (preset, calibration samples, evaluation samples, metric, floor at these counts);

@@ -85,7 +85,7 @@ def test_an_edited_plan_is_what_gets_emitted(small_cnn, npz, tmp_path):
     del data["weights"][to_float]
     data["biases"] = {k: v for k, v in data["biases"].items() if v["weight"] != to_float}
     plan_path.write_text(json.dumps(data))
-    _quantize(small_cnn, npz, out, "--plan", plan_path)
+    _quantize(small_cnn, npz, out, "--plan", plan_path, "--int4-storage", "packed")
     types = _initializer_types(out)
     assert types[f"{to_int4}_quantized"] == onnx.TensorProto.INT4
     assert f"{to_float}_quantized" not in types and types[to_float] == onnx.TensorProto.FLOAT

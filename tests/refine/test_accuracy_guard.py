@@ -8,9 +8,9 @@ import onnx
 import pytest
 from cli_helpers import assert_one_line_error, invoke
 
-from onnxq.analysis.validate import optimized_op_types
 from onnxq.api import quantize
 from onnxq.config import QuantConfig
+from onnxq.io.runtime import optimized_op_types
 from onnxq.models import suite, synthetic
 from onnxq.refine.guard import output_sqnr
 

@@ -1,0 +1,1 @@
+"""Target runtimes: their QDQ rules as data (``profile``) and conformance checks."""
