@@ -42,4 +42,8 @@ def summarize(model: ir.Model, path: Path) -> str:
                      f"{', '.join(report['widened_for_bias'])}")
     if report.get("passes"):
         lines.append("passes: " + " -> ".join(report["passes"]))
+    if report.get("target"):
+        rules = report.get("target_rules") or {}
+        lines.append(f"target: {report['target']}" + (": " + "; ".join(
+            f"{rule} ({count})" for rule, count in rules.items()) if rules else ""))
     return "\n".join(lines)

@@ -88,11 +88,12 @@ def prepare(model: ir.Model, config: QuantConfig, opset: int | None = None) -> l
 
 
 def input_shapes(state: QuantState, ctx: RunContext) -> dict[str, tuple[int, ...]]:
-    """The shapes of the model's dynamic inputs: ``--input-shape``, else those of the first
-    calibration sample."""
-    dynamic = dynamic_inputs(state.model)
+    """The fixed input shapes: ``--input-shape``, and where the target needs static shapes,
+    those of the first calibration sample for the other dynamic inputs."""
     shapes = dict(ctx.config.input_shapes)
-    missing = [name for name in dynamic if name not in shapes]
+    if not ctx.config.target.static_shapes:
+        return shapes
+    missing = [name for name in dynamic_inputs(state.model) if name not in shapes]
     if missing and ctx.data is not None and iter(ctx.data) is not ctx.data:
         first = next(iter(ctx.data), {})
         shapes |= {name: tuple(first[name].shape) for name in missing if name in first}

@@ -22,6 +22,8 @@ def test_the_stored_report_says_which_target_rules_applied(small_cnn, npz, tmp_p
     assert report["target_rules"]["biases kept float"] == 6
     config = json.loads(stored["onnxq.config"])
     assert config["activations"] == "int8" and config["target"]["quantize_bias"] is False
+    summary = invoke("inspect", out).output
+    assert "target: tensorrt: " in summary and "biases kept float (6)" in summary
 
 
 def test_a_bad_target_file_or_type_is_one_error_line(small_cnn, npz, tmp_path):
