@@ -69,6 +69,10 @@ class Annotator:
             self.plan.float_nodes[node.name] = "weight holds inf/nan: runs in float"
             return False
         target = self.config.target
+        qtype = self.config.weights
+        if target.constant_type is not None and node.op_type not in WEIGHT_OPS:
+            qtype = target.constant_type
+            self.rules[f"{node.op_type} constants {qtype}"] += 1
         if axis is not None and node.op_type in target.per_tensor_weights:
             axis = None
             self.rules[f"{node.op_type} weights per tensor"] += 1
@@ -79,7 +83,7 @@ class Annotator:
         if axis is not None and axis >= rank:
             axis = None
         self.plan.weights[value.name] = QuantSpec(
-            self.config.weights, True, axis, observer=self.config.weight_range_observer)
+            qtype, True, axis, observer=self.config.weight_range_observer)
         return True
 
     def keep_float(self, node: ir.Node, reason: str) -> None:
@@ -136,6 +140,8 @@ REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     "Sigmoid": _single_input,
     "LeakyRelu": _single_input,
 }
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+"""Ops whose constant input is a layer weight (of the ``--weights`` type on every target)."""
 NO_QUANT_NEEDED = PASS_THROUGH | {"Concat", "Constant", "Shape", "Cast"}
 FUSABLE = {"Relu", "Clip"}
 """Activations a target may fuse into the op before them (``fused_activations``); where it
@@ -206,7 +212,7 @@ def _chain_inputs(a: Annotator, node: ir.Node, fused: set[ir.Node]) -> None:
 def _quantize_outputs(a: Annotator, graph: ir.Graph, fused: set[ir.Node]) -> None:
     """Where the target wants whole DQ -> op -> Q units: the output of every op of
     ``quantize_outputs`` that reads a quantized input is quantized too (a graph output only
-    under ``quantize_graph_outputs``), and all its readers read it through the DQ."""
+    for the ops of ``quantize_graph_outputs``), and all its readers read it through the DQ."""
     target, plan = a.config.target, a.plan
     for node in graph:
         if (not node.outputs or node.name in plan.float_nodes or node.op_type in NOT_QUANTIZED
@@ -219,7 +225,7 @@ def _quantize_outputs(a: Annotator, graph: ir.Graph, fused: set[ir.Node]) -> Non
             continue
         value = fused_chain_end(node.outputs[0], target.fused_activations)
         if not a.is_activation(value) or (value.is_graph_output()
-                                          and not target.quantize_graph_outputs):
+                                          and node.op_type not in target.quantize_graph_outputs):
             continue
         planned = plan.uses.get(value.name, [])
         missing = [(user, i) for user, i in value.uses() if (user.name, i) not in planned]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -94,6 +94,30 @@ def fixed_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams]
                                np.array(int(scale_zp[1]), np.int64), params.qtype)
         for name in members:
             resolved[name] = fixed_params
+        changed += 1
+    return changed
+
+
+def constant_source_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams],
+                            weights: Mapping[str, QParams], moves: Collection[str]) -> int:
+    """Give the groups whose representative is the output of a data-moving op (``moves``:
+    Gather, Slice, Reshape, ...) on a per-tensor quantized constant of the same type that
+    constant's qparams (the moved integers need no requantization; QNN HTP compiles a Gather
+    only so); return how many groups changed."""
+    values = model_values(model)
+    changed = 0
+    for root, members in plan.groups().items():
+        producer = values[root].producer() if root in values else None
+        params = resolved.get(root)
+        if producer is None or params is None or producer.op_type not in moves:
+            continue
+        source = weights.get(producer.inputs[0].name) if producer.inputs[0] else None
+        if (source is None or source.axis is not None or source.block_size
+                or source.qtype != params.qtype):
+            continue
+        shared = QParams(source.scale.reshape(()), source.zero_point.reshape(()), params.qtype)
+        for name in members:
+            resolved[name] = shared
         changed += 1
     return changed
 

@@ -18,7 +18,8 @@ from onnxq.emit.qdq import activation_readouts
 from onnxq.emit.simulate import quantized_copy
 from onnxq.errors import OnnxqError
 from onnxq.io.data import Feed, Limited
-from onnxq.plan.qparams import fit_int32_biases, fixed_qparams
+from onnxq.plan.annotate import PASS_THROUGH
+from onnxq.plan.qparams import constant_source_qparams, fit_int32_biases, fixed_qparams
 from onnxq.refine.bias_correction import AnalyticBiasCorrectionPass, EmpiricalBiasCorrectionPass
 from onnxq.refine.guard import guard, outputs_on
 from onnxq.refine.precalibrate import PreCalibrateWeightsPass
@@ -104,12 +105,18 @@ def fit_biases(state: QuantState, ctx: RunContext) -> list[str]:
 
 
 def fixed_target_qparams(state: QuantState, ctx: RunContext) -> list[str]:
-    """The target's fixed output qparams (QNN's 16-bit Sigmoid/Tanh), over the measured ones
-    (after range refinement and the guard, which chose the grids)."""
+    """Qparams that are not measured, over the measured ones (after range refinement and the
+    guard, which chose the grids): the target's fixed output qparams (QNN's 16-bit
+    Sigmoid/Tanh), and a quantized constant's own where a Gather/Slice/... moves its
+    integers."""
     changed = fixed_qparams(state.model, state.plan, state.activations,
                             ctx.config.target.fixed_qparams)
     if changed:
         state.target_rules["fixed output qparams"] += changed
+    shared = constant_source_qparams(state.model, state.plan, state.activations,
+                                     state.weights, PASS_THROUGH)
+    if shared:
+        state.target_rules["lookups keep their table's qparams"] += shared
     return []
 
 

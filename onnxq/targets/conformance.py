@@ -10,6 +10,9 @@ from onnxq.graph import fused_chain_end
 from onnxq.plan.fragile import fused_chains
 from onnxq.targets.profile import TargetProfile
 
+SIGNED = (ir.DataType.INT8, ir.DataType.INT4, ir.DataType.INT16)
+"""Weight types whose zero point every target wants at 0."""
+
 
 def _dequantized_constant(value: ir.Value | None) -> ir.Node | None:
     """The DequantizeLinear of a constant (weight or bias) that produces ``value``."""
@@ -42,7 +45,7 @@ def problems(model: ir.Model, target: TargetProfile) -> list[str]:
         zp = _zero_point(node)
         if stored == ir.DataType.INT32 and not target.quantize_bias:
             found.append(f"{node.name}: an int32 bias, which {target.name} keeps float")
-        elif stored != ir.DataType.INT32 and zp is not None and np.any(zp != 0):
+        elif stored in SIGNED and zp is not None and np.any(zp != 0):
             found.append(f"{node.name}: a weight zero point other than 0")
         if node.attributes.get_int("block_size", 0) and not target.blocked_weights:
             found.append(f"{node.name}: blocked weights, which {target.name} does not run")
@@ -81,8 +84,8 @@ def _incomplete_units(model: ir.Model, target: TargetProfile) -> list[str]:
         if not reads_quantized or node.outputs[0].dtype != ir.DataType.FLOAT:
             continue
         end = fused_chain_end(node.outputs[0], target.fused_activations)
-        if end.is_graph_output() and not target.quantize_graph_outputs:
-            continue  # the target keeps graph outputs float
+        if end.is_graph_output() and node.op_type not in target.quantize_graph_outputs:
+            continue  # the target keeps this graph output float
         floats = [user.name for user, _ in end.uses() if user.op_type != "QuantizeLinear"]
         if end.is_graph_output():
             floats.append("the graph output")

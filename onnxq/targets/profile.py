@@ -36,15 +36,21 @@ class TargetProfile:
     channel's (TensorRT's ConvTranspose)."""
     per_tensor_weights: tuple[str, ...] = ()
     """Op types whose weights take one scale (QNN's MatMul)."""
+    constant_type: str | None = None
+    """The grid of constants that are no Conv/Gemm/MatMul weight (embedding tables, the
+    constants of ``quantized_ops``), where the runtime wants another than ``weights`` (QNN
+    HTP: uint8; an int8 one fails to compile)."""
     quantize_bias: bool = True
     """Biases as int32 with scale s_input * s_weight (else kept float)."""
     quantize_outputs: tuple[str, ...] = ()
     """Op types whose output is quantized even when no reader is ('*': every op that
     reads a quantized input), so that the runtime sees a whole DQ -> op -> Q unit; every
     reader of such an output reads it through its DQ."""
-    quantize_graph_outputs: bool = False
-    """Whether those outputs are quantized when they are graph outputs too (the graph output
-    then is the DQ's; else it stays float, as exact as the runtime computes it)."""
+    quantize_graph_outputs: tuple[str, ...] = ()
+    """Op types whose such output is quantized when it is a graph output too (the graph
+    output then is the DQ's; else it stays float, as exact as the runtime computes it; QNN
+    HTP cannot give a FullyConnected a float output, while a Concat of boxes and class
+    scores on one grid loses the scores)."""
     quantized_ops: tuple[str, ...] = ()
     """Op types, beyond onnxq's own (Conv, MatMul, Add, pooling, ...), that the runtime runs
     between Q/DQ, every float input quantized (constants per tensor); '*': every
@@ -88,6 +94,9 @@ class TargetProfile:
             if bad:
                 raise OnnxqError(f"target {self.name}: {field} {bad[0]!r} is not one of "
                                  f"{', '.join(allowed)}")
+        if self.constant_type is not None and self.constant_type not in ("int8", "uint8"):
+            raise OnnxqError(f"target {self.name}: constant_type {self.constant_type!r} is not "
+                             "int8 or uint8")
         for op, types in self.fixed_qparams.items():
             for qtype, params in types.items():
                 if len(params) != 2 or not params[0] > 0:
@@ -126,7 +135,7 @@ def _profile(entries: dict[str, Any], what: str) -> TargetProfile:
     toml_names = {list: "array", dict: "table", bool: "boolean", int: "integer", str: "string"}
     values = {}
     for key, value in entries.items():
-        kind = kinds[str(fields[key].type).split("[")[0]]
+        kind = kinds[str(fields[key].type).split("[")[0].split(" |")[0]]  # str | None: str
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise OnnxqError(f"{what}: entry {key!r} must be a TOML {toml_names[kind]} "
                              f"(got {value!r})")

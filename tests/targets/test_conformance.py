@@ -113,7 +113,8 @@ def test_qnn_fixes_16_bit_sigmoid_outputs(tmp_path):
     fp32 = synthetic.export_silu_cnn(tmp_path / "silu.onnx")
     out, report = _quantize(fp32, tmp_path, "qnn-htp", synthetic.image_feeds(8),
                             activations="uint16")
-    sigmoids = [n for n in load_model(out).graph if n.op_type == "Sigmoid"]
+    sigmoids = [n for n in load_model(out).graph if n.op_type == "Sigmoid"
+                and not n.outputs[0].is_graph_output()]  # the model's output stays float
     assert sigmoids and report.target_rules["fixed output qparams"] == len(sigmoids)
     for node in sigmoids:
         (q,) = [user for user, _ in node.outputs[0].uses()]
@@ -167,3 +168,40 @@ def test_tensorrt_output_runs_on_a_gpu_provider(small_cnn, tmp_path):
     feed = synthetic.image_feeds(1, seed=2)[0]
     fp32 = ort.InferenceSession(str(small_cnn)).run(None, feed)[0]
     assert _cosine(run.infer(feed)[0], fp32) > 0.99
+
+
+def test_qnn_lookups_keep_their_uint8_tables_qparams(bert17, tmp_path):
+    out, report = _quantize(bert17, tmp_path, "qnn-htp", tiny_bert.feeds("calib", 8))
+    model = load_model(out)
+    lookups = [n for n in model.graph if n.op_type == "Gather"
+               and n.inputs[0].producer() is not None
+               and n.inputs[0].producer().op_type == "DequantizeLinear"
+               and n.inputs[0].producer().inputs[0].const_value is not None]
+    assert lookups
+    for lookup in lookups:
+        table = lookup.inputs[0].producer()
+        assert table.inputs[0].const_value.dtype == ir.DataType.UINT8  # int8 fails to compile
+        assert int(table.inputs[2].const_value.numpy()) == 128
+        (q,) = [user for user, _ in lookup.outputs[0].uses()]
+        assert q.op_type == "QuantizeLinear"
+        for k in (1, 2):  # the gathered integers need no requantization
+            assert q.inputs[k].const_value.numpy() == table.inputs[k].const_value.numpy()
+    assert report.target_rules["lookups keep their table's qparams"] >= 1
+
+
+@pytest.mark.skipif(missing("qnn-htp") is not None, reason=str(missing("qnn-htp")))
+def test_yolov8n_runs_on_qnn_htp_without_cpu_fallback(tmp_path):
+    from onnxq.models import suite
+
+    entry = suite.SUITE["yolov8n"]
+    if (reason := entry.missing()) is not None:
+        pytest.skip(reason)
+    fp32 = entry.export(tmp_path / "yolo.onnx")
+    out, _ = _quantize(fp32, tmp_path, "qnn-htp", entry.feeds("calib", 8, 0))
+    assert problems(load_model(out), load_target("qnn-htp")) == []
+    run = load_on(out, "qnn-htp")
+    feed = entry.feeds("val", 1, 0)[0]
+    fp32_out = ort.InferenceSession(str(fp32)).run(None, feed)[0]
+    got = run.infer(feed)[0]
+    assert _cosine(got[:, :4], fp32_out[:, :4]) > 0.999  # boxes
+    assert _cosine(got[:, 4:], fp32_out[:, 4:]) > 0.9  # class scores: not on the boxes' grid
