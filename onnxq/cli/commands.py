@@ -334,7 +334,8 @@ def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, sample
     if target is not None:
         profile = load_target(target)
         found = problems(candidate, profile)
-        click.echo(f"--target {target}: " + ("the model follows its rules" if not found else
+        click.echo(f"--target {target} ({profile.description}): " + (
+                   "the model follows its rules" if not found else
                    f"{len(found)} rule(s) broken: " + "; ".join(found[:5])))
         runner = load_on(quantized, profile.runtime, threads)
         click.echo(f"  on {profile.runtime}: " + ", ".join(

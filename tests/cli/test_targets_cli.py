@@ -57,7 +57,8 @@ def test_validate_on_openvino_reports_precision_accuracy_and_latency(small_cnn, 
     result = invoke("validate", small_cnn, out, "--data", npz, "--target", "openvino-cpu",
                     "--quiet")
     assert result.exit_code == 0, result.output
-    assert "--target openvino-cpu: the model follows its rules" in result.output
+    assert "--target openvino-cpu (OpenVINO CPU plugin" in result.output
+    assert "the model follows its rules" in result.output
     assert "Convolution u8 4" in result.output and "FullyConnected u8 1" in result.output
     assert "quantized on openvino-cpu" in result.output
 
