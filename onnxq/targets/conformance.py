@@ -8,6 +8,7 @@ import onnx_ir as ir
 
 from onnxq.graph import fused_chain_end
 from onnxq.plan.fragile import fused_chains
+from onnxq.prepare.static_shapes import dynamic_inputs
 from onnxq.targets.profile import TargetProfile
 
 SIGNED = (ir.DataType.INT8, ir.DataType.INT4, ir.DataType.INT16)
@@ -60,9 +61,7 @@ def problems(model: ir.Model, target: TargetProfile) -> list[str]:
                 found.append(f"{node.name}: {user.op_type} weights on axis {axis}, not {want}")
     found += _incomplete_units(model, target)
     if target.static_shapes:
-        found += [f"input {value.name}: dynamic shape {list(value.shape or [])}"
-                  for value in model.graph.inputs
-                  if value.shape is None or any(not isinstance(d, int) for d in value.shape)]
+        found += [f"input {name}: dynamic shape" for name in dynamic_inputs(model)]
     return found
 
 
