@@ -57,20 +57,16 @@ def run_target(entry: suite.SuiteModel, fp32: Path, calib: Path, val: list, refe
         row["runtime"] = f"failed: {exc}"
         return row
     count = qnn_val if profile.runtime == "qnn-htp" else len(val)
+    order = [run.output_names.index(value.name) for value in load_model(fp32).graph.outputs]
     got = []
     for feed in val[:count]:
         outputs = run.infer(feed)
-        got.append([outputs[run.output_names.index(name)] for name in entry_output_names(fp32)])
+        got.append([outputs[k] for k in order])
     row.update(runtime=profile.runtime, layers=dict(run.layers), samples=count,
                **entry.score(reference[:count], got))
     if profile.runtime != "qnn-htp":  # the simulator's time is not a device's
         row["latency_ms"] = _latency(run, val[0])
     return row
-
-
-def entry_output_names(fp32: Path) -> list[str]:
-    """The FP32 model's output names, in graph order."""
-    return [value.name for value in load_model(fp32).graph.outputs]
 
 
 def print_model(name: str, fp32_ms: float, rows: dict) -> None:

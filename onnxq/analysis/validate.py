@@ -87,7 +87,7 @@ def compare(fp32: ir.Model, quantized: ir.Model | TargetRun, data: Iterable[Feed
     if isinstance(quantized, ir.Model):
         q_session = make_session(quantized, device)
         q_names = [o.name for o in q_session.get_outputs()]
-        run_quantized = functools.partial(run, q_session, names)
+        run_quantized = functools.partial(run, q_session, q_names)
     else:
         q_names, run_quantized = quantized.output_names, quantized.infer
     if sorted(names) != sorted(q_names):
@@ -99,9 +99,8 @@ def compare(fp32: ir.Model, quantized: ir.Model | TargetRun, data: Iterable[Feed
     for i, feed in enumerate(progress(data, "validate", total=total)):
         check_feed(feed, inputs, i, role="validation")
         ref_out = run(ref_session, names, feed)
-        q_out = run_quantized(feed)
-        if not isinstance(quantized, ir.Model):  # the runtime's own output order
-            q_out = [q_out[q_names.index(name)] for name in names]
+        q_out = run_quantized(feed)  # in the quantized model's own output order
+        q_out = [q_out[q_names.index(name)] for name in names]
         batch_labels = [labels[i]] if labels is not None else None
         for name, r, q in zip(names, ref_out, q_out, strict=True):
             if r.shape != q.shape:

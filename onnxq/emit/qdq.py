@@ -99,9 +99,9 @@ class EmitQDQPass(ir.passes.InPlacePass):
             self._emit_activation(values[name], self.plan.readers(name), params,
                                   name in self.plan.outputs)
         for each in model.graphs():
-            for dq in [n for n in each if n.op_type == "DequantizeLinear"
-                       and self.int8_lookups]:
-                self._dequantize_after_lookups(dq)
+            if self.int8_lookups:
+                for dq in [n for n in each if n.op_type == "DequantizeLinear"]:
+                    self._dequantize_after_lookups(dq)
             each.sort()
         modified = bool(self.plan.weights or self.plan.uses)
         if modified:

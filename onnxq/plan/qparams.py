@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -72,30 +72,39 @@ def resolve_activations(plan: QuantPlan, observers: dict[str, MinMaxObserver],
     return resolved
 
 
-def fixed_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams],
-                  fixed: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
-    """Give the groups whose representative is the output of an op with fixed output qparams
-    for its type (``TargetProfile.fixed_qparams``) those qparams, in ``resolved``; return
-    how many groups changed."""
+def _set_by_producer(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams],
+                     choose: Callable[[ir.Node, QParams], QParams | None]) -> int:
+    """Give each group whose representative is a node's output the qparams ``choose``
+    returns for that node and the group's resolved qparams (None: keep them), in
+    ``resolved``; return how many groups changed."""
     values = model_values(model)
     changed = 0
     for root, members in plan.groups().items():
         producer = values[root].producer() if root in values else None
         params = resolved.get(root)
-        if producer is None or params is None:
+        chosen = choose(producer, params) if producer is not None and params else None
+        if chosen is None:
             continue
-        scale_zp = fixed.get(producer.op_type, {}).get(params.qtype)
-        if scale_zp is None:
-            continue
-        grid = QTYPES[params.qtype]
-        if not grid.qmin <= int(scale_zp[1]) <= grid.qmax:
-            continue
-        fixed_params = QParams(np.array(scale_zp[0], np.float32),
-                               np.array(int(scale_zp[1]), np.int64), params.qtype)
         for name in members:
-            resolved[name] = fixed_params
+            resolved[name] = chosen
         changed += 1
     return changed
+
+
+def fixed_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams],
+                  fixed: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
+    """Give the groups whose representative is the output of an op with fixed output qparams
+    for its type (``TargetProfile.fixed_qparams``) those qparams, in ``resolved``; return
+    how many groups changed."""
+    def choose(producer: ir.Node, params: QParams) -> QParams | None:
+        scale_zp = fixed.get(producer.op_type, {}).get(params.qtype)
+        grid = QTYPES[params.qtype]
+        if scale_zp is None or not grid.qmin <= int(scale_zp[1]) <= grid.qmax:
+            return None
+        return QParams(np.array(scale_zp[0], np.float32), np.array(int(scale_zp[1]), np.int64),
+                       params.qtype)
+
+    return _set_by_producer(model, plan, resolved, choose)
 
 
 def constant_source_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str, QParams],
@@ -104,22 +113,15 @@ def constant_source_qparams(model: ir.Model, plan: QuantPlan, resolved: dict[str
     Gather, Slice, Reshape, ...) on a per-tensor quantized constant of the same type that
     constant's qparams (the moved integers need no requantization; QNN HTP compiles a Gather
     only so); return how many groups changed."""
-    values = model_values(model)
-    changed = 0
-    for root, members in plan.groups().items():
-        producer = values[root].producer() if root in values else None
-        params = resolved.get(root)
-        if producer is None or params is None or producer.op_type not in moves:
-            continue
-        source = weights.get(producer.inputs[0].name) if producer.inputs[0] else None
+    def choose(producer: ir.Node, params: QParams) -> QParams | None:
+        data = producer.inputs[0] if producer.inputs else None
+        source = weights.get(data.name) if producer.op_type in moves and data else None
         if (source is None or source.axis is not None or source.block_size
                 or source.qtype != params.qtype):
-            continue
-        shared = QParams(source.scale.reshape(()), source.zero_point.reshape(()), params.qtype)
-        for name in members:
-            resolved[name] = shared
-        changed += 1
-    return changed
+            return None
+        return QParams(source.scale.reshape(()), source.zero_point.reshape(()), params.qtype)
+
+    return _set_by_producer(model, plan, resolved, choose)
 
 
 INT32_HEADROOM = 2.0 ** 30

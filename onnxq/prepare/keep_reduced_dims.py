@@ -17,8 +17,9 @@ def _axes(node: ir.Node) -> np.ndarray | None:
     if attribute is not None:
         return np.array(attribute, np.int64)
     axes = node.inputs[1] if len(node.inputs) > 1 else None
-    return axes.const_value.numpy().astype(np.int64) if axes is not None and \
-        axes.const_value is not None else None
+    if axes is None or axes.const_value is None:
+        return None
+    return axes.const_value.numpy().astype(np.int64)
 
 
 class KeepReducedDimsPass(ir.passes.InPlacePass):
