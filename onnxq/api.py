@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.allocate.jobs import connect
+from onnxq.allocate.pareto import plot as plot_pareto
 from onnxq.analysis.output_check import check_written
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
@@ -34,11 +37,31 @@ def check_output_path(model_path: Path, output_path: Path, option: str = "-o") -
                          f"choose another {option} path (the input is never overwritten)")
 
 
+def _check_side_output(model_path: Path, output_path: Path, path: Path, option: str) -> None:
+    """Refuse, before the run, a side output (``--plan-out``, ``--pareto``) that would
+    overwrite the input or the output model or lands in a folder that cannot be written."""
+    check_output_path(model_path, path, option)
+    if path.absolute() == output_path.absolute():
+        raise OnnxqError(f"{option} {path} is the output model's path; choose another")
+    check_output_folder(path, option)
+
+
+def _write_side_output(output_path: Path, path: Path, text: str, option: str) -> None:
+    """Write a side output after the model, or one error line saying the model is written."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise OnnxqError(f"wrote {output_path}, but cannot write {option} {path} "
+                         f"({exc.strerror or type(exc).__name__})") from None
+
+
 def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | None,
              calibration: Iterable[Mapping[str, np.ndarray]] | None,
              config: QuantConfig | None = None, quiet: bool = False,
              model: ir.Model | None = None, plan: QuantPlan | None = None,
-             plan_out: str | os.PathLike | None = None) -> QuantReport:
+             plan_out: str | os.PathLike | None = None,
+             pareto_out: str | os.PathLike | None = None,
+             ray: str | None = None) -> QuantReport:
     """Quantize the model at ``model_path`` and write the QDQ model to ``output_path``.
 
     ``calibration`` is any iterable of feed dicts ``{input_name: array}`` (each with a
@@ -46,18 +69,29 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
     It may be None for weight-only quantization (``activations="none"``).
     ``model`` is the model at ``model_path`` when the caller has already loaded it.
     ``plan`` (``QuantPlan.from_json`` of an edited ``plan_out``) replaces annotation;
-    ``plan_out`` is where the run's plan is written, after the model.
+    ``plan_out`` is where the run's plan is written, after the model.  Under a weight
+    budget, ``pareto_out`` is where the measured trade-off goes (JSON, and a PNG beside
+    it); ``ray`` runs bit allocation's jobs on that Ray cluster.
     """
     config = config or QuantConfig()
     model_path = Path(model_path)
     output_path = Path(output_path) if output_path else default_output(model_path, config)
     check_output_path(model_path, output_path)
-    if plan_out is not None:
-        plan_out = Path(plan_out)
-        check_output_path(model_path, plan_out, "--plan-out")
-        if plan_out.absolute() == output_path.absolute():
-            raise OnnxqError(f"--plan-out {plan_out} is the output model's path; choose another")
-        check_output_folder(plan_out, "--plan-out")  # refused before the run, not after it
+    sides = {option: Path(path) for option, path in
+             (("--plan-out", plan_out), ("--pareto", pareto_out)) if path is not None}
+    if "--pareto" in sides and config.budget is None:
+        raise OnnxqError("--pareto measures bit allocation across budgets; add "
+                         "--avg-weight-bits or --size-mb")
+    if "--pareto" in sides and calibration is None:
+        raise OnnxqError("--pareto measures each plan on held-out calibration samples; give "
+                         "--calib (or drop --pareto with --calib none)")
+    for option, path in sides.items():
+        _check_side_output(model_path, output_path, path, option)
+    if ray is not None:
+        if config.budget is None:
+            raise OnnxqError("--ray runs bit allocation's jobs; add --avg-weight-bits or "
+                             "--size-mb (or drop --ray)")
+        connect(ray)  # an unreachable cluster is refused before the run, not in it
     remove_stale()  # what killed runs left in the temporary folder
     remove_stale(output_path.parent)  # and beside their outputs
     check_reiterable(calibration, config)
@@ -68,7 +102,8 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
         total = min(total, config.samples)
     data = None if calibration is None else Remembered(Limited(calibration, config.samples))
     inputs = model_inputs(model)
-    report = quantize_model(model, data, config, Progress(quiet), total=total, plan=plan)
+    report = quantize_model(model, data, config, Progress(quiet), total=total, plan=plan,
+                            pareto="--pareto" in sides, ray=ray)
 
     def verify(written: Path) -> None:
         feed = data.first if data is not None else None
@@ -78,12 +113,12 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
                                              config.device, random=data is None)
 
     save_model(model, output_path, verify)
-    if plan_out is not None:
-        try:
-            plan_out.write_text(report.plan)
-        except OSError as exc:
-            raise OnnxqError(f"wrote {output_path}, but cannot write --plan-out {plan_out} "
-                             f"({exc.strerror or type(exc).__name__})") from None
+    if "--plan-out" in sides:
+        _write_side_output(output_path, sides["--plan-out"], report.plan, "--plan-out")
+    if "--pareto" in sides:
+        path = sides["--pareto"]
+        _write_side_output(output_path, path, json.dumps(report.pareto, indent=1), "--pareto")
+        plot_pareto(path, report.pareto)
     return report
 
 

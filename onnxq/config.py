@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from onnxq.allocate.groups import candidate_types
+from onnxq.allocate.importance import IMPORTANCE
+from onnxq.allocate.solve import Budget
 from onnxq.errors import OnnxqError
 from onnxq.numerics.affine import QTYPES, WIDE
 from onnxq.numerics.observers import OBSERVERS
@@ -58,6 +61,16 @@ class QuantConfig:
     """How int4 weights are stored: ``packed`` or ``int8`` containers (None: the target's)."""
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     """Fixed input shapes (``--input-shape``), for targets that need static shapes."""
+    avg_weight_bits: float | None = None
+    """Bit allocation's budget: average grid bits per quantized weight element."""
+    size_mb: float | None = None
+    """Bit allocation's budget: MB of quantized weights as stored."""
+    importance: str = "auto"
+    """The score bit allocation ranks by (``onnxq.allocate.importance``)."""
+    score_samples: int = 64
+    """Calibration samples the data-aware importance scores read."""
+    tie: tuple[str, ...] = ()
+    """Regular expressions: the weights each matches take one width together."""
 
     def __post_init__(self) -> None:
         target = self.target
@@ -84,7 +97,8 @@ class QuantConfig:
                   ("bias_correction", self.bias_correction, BIAS_CORRECTION),
                   ("rounding", self.rounding, ROUNDING),
                   ("loss", self.loss, LOSSES),
-                  ("int4_storage", self.int4_storage, INT4_STORAGE)]
+                  ("int4_storage", self.int4_storage, INT4_STORAGE),
+                  ("importance", self.importance, IMPORTANCE)]
         for field, value, allowed in checks:
             if value not in allowed:
                 raise OnnxqError(f"unsupported {field} '{value}'; use one of {', '.join(allowed)}")
@@ -121,10 +135,42 @@ class QuantConfig:
             raise OnnxqError(f"--min-sqnr moves activations to {wide}, which --target "
                              f"{target.name} does not run; drop --min-sqnr or use another "
                              "--target")
+        self._check_budget()
         if self.seed < 0:
             raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:
             raise OnnxqError(f"--samples must be at least 1 (got {self.samples})")
+
+    def _check_budget(self) -> None:
+        """Refuse a weight budget the target or the other flags cannot honour."""
+        if self.avg_weight_bits is not None and self.size_mb is not None:
+            raise OnnxqError("--avg-weight-bits and --size-mb are two budgets; give one")
+        if self.budget is None:
+            if self.tie:
+                raise OnnxqError("--tie ties weights' widths under a budget; add "
+                                 "--avg-weight-bits or --size-mb")
+            return
+        if self.budget.value <= 0:
+            raise OnnxqError(f"{self.budget.flag} must be above 0 (got {self.budget.value:g})")
+        types = candidate_types(self.target.weights)
+        if len(types) < 2:
+            raise OnnxqError(f"{self.budget.flag} chooses between int8 and int4 weights, but "
+                             f"--target {self.target.name} runs only {', '.join(types)}; drop "
+                             "the budget or use another --target")
+        if self.importance in ("fisher", "fisher-diag") and not self.needs_data:
+            raise OnnxqError(f"--importance {self.importance} reads calibration data; use "
+                             "--importance weight (data-free) with --calib none")
+        if self.score_samples < 1:
+            raise OnnxqError(f"--score-samples must be at least 1 (got {self.score_samples})")
+
+    @property
+    def budget(self) -> Budget | None:
+        """The weight budget bit allocation works to (None: every weight at ``weights``)."""
+        if self.avg_weight_bits is not None:
+            return Budget("avg-weight-bits", self.avg_weight_bits)
+        if self.size_mb is not None:
+            return Budget("size-mb", self.size_mb)
+        return None
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides) -> QuantConfig:
@@ -155,6 +201,8 @@ class QuantConfig:
     def required_opset(self) -> int:
         """The lowest default-domain opset whose Q/DQ supports the chosen types."""
         kinds = [self.weights] + ([self.activations] if self.activations != "none" else [])
+        if self.budget is not None:  # bit allocation may choose any width the target runs
+            kinds += candidate_types(self.target.weights)
         if self.min_sqnr is not None:  # the guard may move activations to 16 bits
             kinds.append("uint16")
         return max(self.target.min_opset, *(QTYPES[kind].min_opset for kind in kinds))

@@ -1,6 +1,7 @@
 """The quantization pipeline: the stage order, declared once (``STAGES``), run over one state.
 
-prepare (FP32 passes) -> plan (annotation) -> calibrate (one streaming sweep, qparams) ->
+prepare (FP32 passes) -> plan (annotation) -> allocate (weight widths under a budget) ->
+calibrate (one streaming sweep, qparams) ->
 refine (references, pre-calibration, range refinement, the accuracy guard, int32 bias fit,
 bias correction, learned rounding) -> emit (every Q/DQ).  Each stage lives in its folder.
 """
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.allocate.stage import allocate_stage, pareto_stage
 from onnxq.calibrate.stage import calibrate_stage
 from onnxq.config import QuantConfig
 from onnxq.emit.stage import emit_stage
@@ -56,6 +58,10 @@ class QuantReport:
     target: str = "ort-cpu"
     target_rules: dict[str, int] = dataclasses.field(default_factory=dict)
     """How often each of the target's rules changed a decision."""
+    allocation: dict = dataclasses.field(default_factory=dict)
+    """Bit allocation's budget, score and the width of every weight (under a budget)."""
+    pareto: dict | None = None
+    """The measured trade-off across budgets (``--pareto``; not part of the report's JSON)."""
     output_cosine: float | None = None
     plan: str = dataclasses.field(default="", repr=False)
     """The run's plan as JSON (``QuantPlan.to_json``; not part of the report's JSON)."""
@@ -65,8 +71,10 @@ class QuantReport:
         no timings (one seed gives the same bytes) and no check of the written file."""
         data = dataclasses.asdict(self)
         data.pop("plan")
+        data.pop("pareto")
         if stored:
             data.pop("seconds")
+            data["allocation"].pop("score_seconds", None)
             data.pop("output_cosine")
             for block in data["reconstruction"]:
                 block.pop("seconds", None)
@@ -96,7 +104,9 @@ def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare_stage),
     Stage("plan", plan_stage),
+    Stage("allocate", allocate_stage, lambda s, ctx: ctx.config.budget is not None),
     Stage("calibrate", calibrate_stage),
+    Stage("pareto", pareto_stage, lambda s, ctx: ctx.pareto and s.allocation is not None),
     Stage("references", refine.keep_references),
     Stage("precalibrate", refine.precalibrate, lambda s, ctx: ctx.config.precalibrate),
     Stage("samples", refine.hold_samples),
@@ -121,9 +131,12 @@ STAGES: tuple[Stage, ...] = (
 @np.errstate(over="ignore", invalid="ignore", divide="ignore")
 def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantConfig,
                    progress: Progress | None = None, total: int | None = None,
-                   plan: QuantPlan | None = None) -> QuantReport:
+                   plan: QuantPlan | None = None, pareto: bool = False,
+                  ray: str | None = None) -> QuantReport:
     """Quantize ``model`` in place with calibration ``data`` (and ``plan`` instead of
-    annotation, when given); return the run's report.
+    annotation, when given); return the run's report.  Under a weight budget, ``pareto``
+    also measures the trade-off across budgets; ``ray`` runs bit allocation's independent
+    jobs on that Ray cluster.
 
     ``data`` may be None for weight-only quantization (``activations="none"``).  numpy's
     overflow warnings are silenced: extreme weights overflow float32 squares, and the check
@@ -135,7 +148,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     check_reiterable(data, config)
     config = runtime_safe(config)
     start = time.perf_counter()
-    ctx = RunContext(config, data, progress or Progress(quiet=True), total, plan)
+    ctx = RunContext(config, data, progress or Progress(quiet=True), total, plan, pareto, ray)
     state = QuantState(model)
     passes = []
     for stage in STAGES:
@@ -156,6 +169,9 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         guard_sqnr_db=state.guard_sqnr_db,
         target=config.target.name,
         target_rules=dict(sorted(state.target_rules.items())),
+        allocation=({} if state.allocation is None
+                    else state.allocation.report(config.weight_storage)),
+        pareto=state.pareto,
         plan=state.plan.to_json(),
     )
     model.metadata_props["onnxq.version"] = VERSION

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -15,6 +16,9 @@ from onnxq.io.data import Feed
 from onnxq.plan.qparams import QParams
 from onnxq.progress import Progress
 from onnxq.spec import QuantPlan
+
+if TYPE_CHECKING:
+    from onnxq.allocate.stage import Allocation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,10 @@ class RunContext:
     """How many calibration samples there are (for the progress bars), when known."""
     plan: QuantPlan | None = None
     """The user's plan (``--plan``), which replaces annotation."""
+    pareto: bool = False
+    """Measure the bit-allocation trade-off across budgets (``--pareto``)."""
+    ray: str | None = None
+    """The Ray cluster independent jobs run on (``--ray``); None: this process."""
 
     @property
     def stream(self) -> dict:
@@ -60,6 +68,10 @@ class QuantState:
     target_rules: Counter[str] = dataclasses.field(default_factory=Counter)
     """How often each rule of the target changed a decision (annotation, emission)."""
     guard_sqnr_db: list[float] = dataclasses.field(default_factory=list)
+    allocation: Allocation | None = None
+    """Bit allocation's scores and choice (under a weight budget)."""
+    pareto: dict | None = None
+    """The measured trade-off across budgets (``--pareto``)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,10 +5,47 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxq.plan.annotate import REGISTRY
+
+INT4_IN_INT8 = "int4 (int8 container)"
+
+
+class WeightWidth(NamedTuple):
+    """The grid one compute node's weight is stored on."""
+
+    width: str
+    """The stored type, or INT4_IN_INT8."""
+    grid_bits: int
+    stored_bits: int
+    elements: int
+
+
+def weight_width(node: ir.Node) -> WeightWidth | None:
+    """The grid of ``node``'s dequantized constant weight (its first such input that is not
+    an int32 bias): the stored type, or INT4_IN_INT8 for symmetric int8 integers that all
+    lie on the 4-bit grid (``--int4-storage int8``)."""
+    for value in node.inputs[1:]:
+        producer = None if value is None else value.producer()
+        if producer is None or producer.op_type != "DequantizeLinear":
+            continue
+        stored = producer.inputs[0].const_value
+        if stored is None or stored.dtype == ir.DataType.INT32:
+            continue
+        bits = stored.dtype.bitwidth
+        zero = producer.inputs[2] if len(producer.inputs) > 2 else None
+        symmetric = zero is None or (zero.const_value is not None
+                                     and not np.any(zero.const_value.numpy()))
+        q = stored.numpy()
+        if stored.dtype == ir.DataType.INT8 and symmetric and q.size and (
+                q.min() >= -8 and q.max() <= 7):
+            return WeightWidth(INT4_IN_INT8, 4, bits, q.size)
+        return WeightWidth(stored.dtype.name.lower(), bits, bits, q.size)
+    return None
 
 
 def summarize(model: ir.Model, path: Path) -> str:
@@ -31,7 +68,25 @@ def summarize(model: ir.Model, path: Path) -> str:
         f"{dtype} {nbytes / 1e6:.2f} MB" for dtype, nbytes in by_dtype.most_common()))
     compute = [node for node in nodes if node.op_type in REGISTRY]
     lines.append(f"quantized compute nodes: {len(dq_fed)} of {len(compute)}")
+    widths = {node.name: w for node in compute if (w := weight_width(node)) is not None}
+    counts = Counter(w.width for w in widths.values())
+    lines.append("weight widths: " + (", ".join(
+        f"{width} {n}" for width, n in counts.most_common()) or "none quantized"))
+    if widths:
+        elements = sum(w.elements for w in widths.values())
+        grid = sum(w.grid_bits * w.elements for w in widths.values()) / elements
+        stored = sum(w.stored_bits * w.elements for w in widths.values()) / elements
+        lines.append(f"  bits per weight element: {grid:.3f} on the grid, {stored:.3f} as "
+                     "stored")
+    if len(counts) > 1:
+        lines.extend(f"  {name}: {w.width}" for name, w in widths.items())
     report = json.loads(model.metadata_props.get("onnxq.report", "{}"))
+    allocation = report.get("allocation")
+    if allocation:
+        budget = allocation["budget"]
+        lines.append(f"bit allocation ({allocation['importance']}, --{budget['kind']} "
+                     f"{budget['value']:g}): {allocation['avg_weight_bits']:.3f} bits per "
+                     f"weight, {allocation['size_mb']:.3f} MB")
     reasons = report.get("float_nodes") or {
         node.name: "no Q/DQ on its inputs" for node in compute if node.name not in dq_fed}
     if reasons:

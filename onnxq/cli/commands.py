@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from onnxq.allocate.importance import IMPORTANCE
 from onnxq.config import (
     ACTIVATION_TYPES,
     BIAS_CORRECTION,
@@ -237,6 +238,25 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--min-sqnr", type=float, default=None, metavar="DB",
               help="Move the fewest, most harmful activations to 16 bits until the output "
                    "SQNR to FP32 on held-out calibration samples is at least DB.")
+@click.option("--avg-weight-bits", type=float, default=None, metavar="BITS",
+              help="Bit allocation: int8 or int4 per weight group, least harm to the output "
+                   "with at most BITS bits per weight element on average.")
+@click.option("--size-mb", type=float, default=None, metavar="MB",
+              help="Bit allocation under a size budget: quantized weights as stored "
+                   "(integers, scales, zero points) in MB of 10^6 bytes.")
+@click.option("--importance", type=click.Choice(IMPORTANCE), default="auto", show_default=True,
+              help="Bit allocation's score: fisher (second-order output loss, one pass over "
+                   "--score-samples), fisher-diag, or weight (data-free); auto: fisher with "
+                   "data, weight with --calib none.")
+@click.option("--score-samples", type=int, default=64, show_default=True,
+              help="Calibration samples the fisher scores read.")
+@click.option("--tie", multiple=True, metavar="REGEX",
+              help="Weights whose names match REGEX take one width together (e.g. q/k/v).")
+@click.option("--pareto", "pareto_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the measured trade-off across budgets (JSON, PNG beside it).")
+@click.option("--ray", default=None, metavar="ADDRESS",
+              help="Run bit allocation's jobs on a Ray cluster: its address, auto (the one "
+                   "`ray start` runs) or local.")
 @click.option("--plan-out", type=click.Path(dir_okay=False), default=None,
               help="Also write the run's plan (what is quantized and how, per tensor) as JSON.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
@@ -248,7 +268,8 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
              weights, activations, int4_storage, input_shapes, observer, weight_observer,
              samples, seed, exclude, preset, fuse, equalize, bias_correction, refine_ranges,
              rounding, iters, learn_scale, loss, cache_mb,
-             precalibrate, quantize_fragile, min_cosine, min_sqnr, plan_out, plan_path, device,
+             precalibrate, quantize_fragile, min_cosine, min_sqnr, avg_weight_bits, size_mb,
+             importance, score_samples, tie, pareto_out, ray, plan_out, plan_path, device,
              quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
@@ -270,7 +291,8 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         keep_fragile_float=False if quantize_fragile else None, device=device,
         rounding=rounding, iters=iters,
         learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
-        min_sqnr=min_sqnr,
+        min_sqnr=min_sqnr, avg_weight_bits=avg_weight_bits, size_mb=size_mb,
+        importance=importance, score_samples=score_samples, tie=tuple(tie),
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.cli.demo import run_default
@@ -287,7 +309,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         size, resize, mean, std, bgr, layout), samples, seed)
     out = Path(output) if output else default_output(Path(model), config)
     report = quantize_file(model, out, source, config, quiet=quiet, model=loaded, plan=plan,
-                           plan_out=plan_out)
+                           plan_out=plan_out, pareto_out=pareto_out, ray=ray)
     checked = ("" if report.output_cosine is None or math.isnan(report.output_cosine)
                else f"; ORT runs it, output cosine to FP32 {report.output_cosine:.4f}")
     click.echo(f"wrote {out}: {report.quantized_weights} weights and "
@@ -297,6 +319,13 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         before, after = report.guard_sqnr_db
         click.echo(f"--min-sqnr: {len(report.promoted)} activation group(s) moved to 16 bits, "
                    f"output SQNR {before:.1f} -> {after:.1f} dB on held-out calibration samples")
+    if report.allocation:
+        chosen = report.allocation
+        counts = ", ".join(f"{chosen[f'{t}_groups']} {t}" for t in ("int8", "int4")
+                           if f"{t}_groups" in chosen)
+        click.echo(f"bit allocation ({chosen['importance']}): {counts} weight groups, "
+                   f"{chosen['avg_weight_bits']:.2f} bits per weight on average, "
+                   f"{chosen['size_mb']:.2f} MB of weights")
     if report.float_nodes and not quiet:
         click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
 

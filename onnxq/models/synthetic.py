@@ -86,3 +86,35 @@ def export_silu_cnn(path: str | Path, seed: int = 0) -> Path:
     import torch
 
     return export_module(_silu_cnn(seed), torch.zeros(1, 3, 32, 32), path, INPUT_NAME)
+
+
+MLP_INPUT = "features"
+
+
+def _mlp(seed: int, sensitive: int | None):
+    """Four 64-wide Linear/ReLU layers and a 10-way head; layer ``sensitive`` gets one
+    outlier weight per output channel, so a 4-bit grid rounds its other weights away."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers = [m for _ in range(4) for m in (nn.Linear(64, 64), nn.ReLU())]
+    net = nn.Sequential(*layers, nn.Linear(64, 10)).eval()
+    if sensitive is not None:
+        with torch.no_grad():
+            net[2 * sensitive].weight[:, 0] *= 40.0
+            net[2 * sensitive].weight[:, 1:] *= 2.0
+    return net
+
+
+def export_mlp(path: str | Path, seed: int = 0, sensitive: int | None = None) -> Path:
+    """Export the MLP (input ``features``: N x 64, dynamic N)."""
+    import torch
+
+    return export_module(_mlp(seed, sensitive), torch.zeros(1, 64), path, MLP_INPUT)
+
+
+def mlp_feeds(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` Gaussian feature vectors (one sample per feed) for the MLP."""
+    rng = np.random.default_rng(seed)
+    return [{MLP_INPUT: rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(count)]

@@ -23,7 +23,7 @@ from onnxq.refine.rounding.torch_block import TorchBlock
 from onnxq.spec import QuantPlan
 
 
-def _projection(output: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def loss_projection(output: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random ``r`` whose covariance is the output loss's Hessian (see module docstring)."""
     noise = torch.randn(output.shape, generator=generator).to(output.device)
     if output.dim() != 2:
@@ -59,7 +59,7 @@ def output_sensitivity(model: ir.Model, plan: QuantPlan, inputs: dict[str, Store
                     t.requires_grad_(True)
             env = network(feed, quantized=False)
             outputs = [env[v.name] for v in graph.outputs if env[v.name].is_floating_point()]
-            projected = sum((o * _projection(o, generator)).sum() for o in outputs)
+            projected = sum((o * loss_projection(o, generator)).sum() for o in outputs)
             grads = torch.autograd.grad(projected, [env[n] for n in names], allow_unused=True)
             squares = {}
             for name, grad in zip(names, grads, strict=True):

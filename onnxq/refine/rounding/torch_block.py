@@ -194,6 +194,11 @@ class TorchBlock(nn.Module):
             weight_scale = weight_scale.repeat(size // weight_scale.numel())
         return (weight_scale.detach().double() * input_scale).float()  # as emission rounds it
 
+    def fp32_operands(self, node: ir.Node, env: dict) -> list[torch.Tensor | None]:
+        """``node``'s inputs in the FP32 run (``env``: the tensors computed so far)."""
+        return [None if value is None else self._operand(value, env, False)
+                for value in node.inputs]
+
     def forward(self, inputs: dict[str, torch.Tensor], quantized: bool, drop: float = 0.0,
                 stop: str | None = None) -> dict[str, torch.Tensor]:
         """Run the block; returns every tensor computed (stops early once ``stop`` exists)."""

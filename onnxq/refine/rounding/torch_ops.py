@@ -203,6 +203,60 @@ def _constant(node: ir.Node, xs: list) -> list:
     return [torch.from_numpy(np.array(tensor.numpy(), copy=True))]
 
 
+def _constant_of_shape(node: ir.Node, xs: list) -> list:
+    shape = [int(d) for d in xs[0].tolist()]
+    if "value" not in node.attributes:
+        return [torch.zeros(shape, dtype=torch.float32, device=xs[0].device)]
+    value = torch.from_numpy(np.array(node.attributes["value"].as_tensor().numpy(), copy=True))
+    return [value.reshape(()).expand(shape).clone().to(xs[0].device)]
+
+
+def _expand(node: ir.Node, xs: list) -> list:
+    shape = torch.broadcast_shapes(xs[0].shape, tuple(int(d) for d in xs[1].tolist()))
+    return [xs[0].expand(shape)]
+
+
+def _range(node: ir.Node, xs: list) -> list:
+    start, limit, delta = (x.item() for x in xs)
+    return [torch.arange(start, limit, delta, dtype=xs[0].dtype, device=xs[0].device)]
+
+
+def _split(node: ir.Node, xs: list) -> list:
+    x = xs[0]
+    axis = node.attributes.get_int("axis", 0) % x.dim()
+    if len(xs) > 1 and xs[1] is not None:
+        sizes = [int(s) for s in xs[1].tolist()]
+    elif "split" in node.attributes:
+        sizes = _ints(node, "split")
+    else:
+        parts = len(node.outputs)
+        size = -(-x.shape[axis] // parts)
+        sizes = [min(size, x.shape[axis] - i * size) for i in range(parts)]
+    return list(torch.split(x, sizes, dim=axis))
+
+
+def _resize(node: ir.Node, xs: list) -> list:
+    """Nearest (asymmetric, floor) and linear (half-pixel) resizing of the spatial dims."""
+    x = xs[0]
+    mode = node.attributes.get_string("mode", "nearest")
+    transform = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
+    nearest = node.attributes.get_string("nearest_mode", "round_prefer_floor")
+    if len(xs) > 3 and xs[3] is not None and xs[3].numel():
+        size = [int(d) for d in xs[3].tolist()[2:]]
+        scales = None
+    else:
+        size, scales = None, [float(v) for v in xs[2].tolist()]
+        if scales[:2] != [1.0, 1.0]:
+            raise Unsupported("Resize of the batch or channel dim")
+        scales = scales[2:]
+    if mode == "nearest" and transform == "asymmetric" and nearest == "floor":
+        return [F.interpolate(x, size=size, scale_factor=scales, mode="nearest")]
+    if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel") and x.dim() == 4:
+        return [F.interpolate(x, size=size, scale_factor=scales, mode="bilinear",
+                              align_corners=False)]
+    raise Unsupported(f"Resize mode={mode} coordinate_transformation_mode={transform}")
+
+
 def _unary(fn: Callable[[Tensor], Tensor]) -> OpFn:
     return lambda node, xs: [fn(xs[0])]
 
@@ -253,6 +307,11 @@ OPS: dict[str, OpFn] = {
     "Shape": _shape,
     "Cast": _cast,
     "Constant": _constant,
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": _expand,
+    "Range": _range,
+    "Split": _split,
+    "Resize": _resize,
 }
 
 

@@ -224,10 +224,10 @@ def test_weight_ranges_are_mse_clipped_under_learned_rounding_only(small_cnn, tm
 
 
 def test_fisher_projection_covariance_is_the_softmax_kl_hessian():
-    from onnxq.refine.rounding.fisher import _projection
+    from onnxq.refine.rounding.fisher import loss_projection
 
     logits = torch.tensor([[2.0, 0.5, -1.0, 0.0]]).repeat(40000, 1)
-    r = _projection(logits, torch.Generator().manual_seed(0))
+    r = loss_projection(logits, torch.Generator().manual_seed(0))
     p = torch.softmax(logits[0], 0)
     expected = torch.diag(p) - torch.outer(p, p)
     np.testing.assert_allclose((r.T @ r / len(r)).numpy(), expected.numpy(), atol=6e-3)

@@ -66,7 +66,21 @@ CASES = [
     ("Gather", [rand(10, 4), ints(3, 0, 9, 3).reshape(2, 2)], {1}, {"axis": 0}),
     ("Shape", [rand(2, 3, 4)], set(), {}),
     ("Cast", [rand(2, 3) * 10], set(), {"to": TensorProto.INT64}),
+    ("ConstantOfShape", [ints(2, 3)], {0}, {"value": helper.make_tensor(
+        "v", TensorProto.FLOAT, [1], [0.5])}),
+    ("Expand", [rand(3, 1), ints(2, 1, 4)], {1}, {}),
+    ("Range", [np.array(1.0, np.float32), np.array(9.0, np.float32),
+               np.array(1.5, np.float32)], {0, 1, 2}, {}),
+    ("Split", [rand(2, 7), ints(3, 4)], {1}, {"axis": 1}),
+    ("Split", [rand(2, 7, 3)], set(), {"axis": 1, "num_outputs": 2}),
+    ("Resize", [rand(1, 2, 3, 4), np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)],
+     {1, 2}, {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+              "nearest_mode": "floor"}),
+    ("Resize", [rand(1, 2, 3, 4), np.zeros(0, np.float32), np.array([1, 1, 2, 1.5], np.float32)],
+     {1, 2}, {"mode": "linear"}),
 ]
+OUTPUTS = {"Split": 2}
+"""Ops whose cases have more than one output."""
 
 
 def _single_node_model(op, inputs, constants, attrs):
@@ -77,10 +91,11 @@ def _single_node_model(op, inputs, constants, attrs):
                     if i not in constants]
     initializers = [onnx.numpy_helper.from_array(a, n)
                     for i, (n, a) in enumerate(zip(names, inputs, strict=True)) if i in constants]
-    node = helper.make_node(op, names, ["out"], **attrs)
-    graph = helper.make_graph([node], "g", graph_inputs, [helper.make_empty_tensor_value_info(
-        "out")], initializers)
-    opset = 18 if op in ("ReduceMean", "Pad") else 17
+    outputs = [f"out{i}" for i in range(OUTPUTS.get(op, 1))]
+    node = helper.make_node(op, names, outputs, **attrs)
+    graph = helper.make_graph([node], "g", graph_inputs, [
+        helper.make_empty_tensor_value_info(name) for name in outputs], initializers)
+    opset = 18 if op in ("ReduceMean", "Pad", "Split") else 17
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -90,11 +105,11 @@ def test_op_matches_onnxruntime(op, inputs, constants, attrs):
     proto = _single_node_model(op, inputs, constants, attrs)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {f"in{i}": a for i, a in enumerate(inputs) if i not in constants}
-    expected = session.run(None, feeds)[0]
     node = ir.from_proto(proto).graph.node(0)
-    got = run_node(node, [torch.from_numpy(a) for a in inputs])[0]
-    assert tuple(got.shape) == expected.shape
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    got = run_node(node, [torch.from_numpy(a) for a in inputs])
+    for mine, expected in zip(got, session.run(None, feeds), strict=True):
+        assert tuple(mine.shape) == expected.shape
+        np.testing.assert_allclose(mine.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_every_registered_op_is_tested():
