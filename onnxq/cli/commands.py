@@ -325,7 +325,8 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
                            if f"{t}_groups" in chosen)
         click.echo(f"bit allocation ({chosen['importance']}): {counts} weight groups, "
                    f"{chosen['avg_weight_bits']:.2f} bits per weight on average, "
-                   f"{chosen['size_mb']:.2f} MB of weights")
+                   f"{chosen['size_mb']:.2f} MB of weights (scored and solved in "
+                   f"{chosen['score_seconds']:.1f} s)")
     if report.float_nodes and not quiet:
         click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
 

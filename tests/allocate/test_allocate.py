@@ -9,6 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import assert_one_line_error, invoke
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.allocate.groups import weight_groups
@@ -26,7 +27,6 @@ from onnxq.io.model_io import load_model
 from onnxq.models.synthetic import export_mlp, mlp_feeds
 from onnxq.plan.annotate import annotate
 from onnxq.prepare.stage import prepare
-from tests.cli_helpers import assert_one_line_error, invoke
 
 SENSITIVE = 1
 """The MLP layer whose outlier weights a 4-bit grid ruins."""
