@@ -111,6 +111,7 @@ def score_chunk(job: ScoreJob, feeds: list[Feed], index: int) -> tuple[np.ndarra
                 readers.setdefault(value.name, []).append((node, position))
     for name in readers:
         network.constants[name].requires_grad_(True)  # so every reader's output is tracked
+    nodes = list({id(node): node for uses in readers.values() for node, _ in uses}.values())
     rounded = {t: {n: torch.from_numpy(np.asarray(w, np.float32)).to(job.device)
                    for n, w in values.items()} for t, values in job.quantized.items()}
     generator = torch.Generator().manual_seed(job.seed * 100_003 + index)
@@ -124,7 +125,6 @@ def score_chunk(job: ScoreJob, feeds: list[Feed], index: int) -> tuple[np.ndarra
         env = network(feed, quantized=False)
         outputs = [env[v.name] for v in graph.outputs
                    if env[v.name].is_floating_point() and env[v.name].requires_grad]
-        nodes = list({id(node): node for uses in readers.values() for node, _ in uses}.values())
         if not outputs:
             continue
         projected = sum((o * loss_projection(o, generator)).sum() for o in outputs)
