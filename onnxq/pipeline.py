@@ -132,7 +132,7 @@ STAGES: tuple[Stage, ...] = (
 def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantConfig,
                    progress: Progress | None = None, total: int | None = None,
                    plan: QuantPlan | None = None, pareto: bool = False,
-                  ray: str | None = None) -> QuantReport:
+                   ray: str | None = None) -> QuantReport:
     """Quantize ``model`` in place with calibration ``data`` (and ``plan`` instead of
     annotation, when given); return the run's report.  Under a weight budget, ``pareto``
     also measures the trade-off across budgets; ``ray`` runs bit allocation's independent

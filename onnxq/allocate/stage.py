@@ -52,11 +52,10 @@ class Allocation:
 
     def point(self, chosen: np.ndarray, storage: dict[str, str]) -> dict:
         """Average bits, stored size and predicted score of the choice ``chosen``."""
+        pairs = list(zip(self.groups, self.widths(chosen), strict=True))
         elements = sum(g.elements for g in self.groups)
-        bits = sum(g.elements * g.bits(t) for g, t in zip(self.groups, self.widths(chosen),
-                                                           strict=True))
-        size = sum(g.stored_bytes(t, storage) for g, t in zip(self.groups, self.widths(chosen),
-                                                              strict=True))
+        bits = sum(g.elements * g.bits(t) for g, t in pairs)
+        size = sum(g.stored_bytes(t, storage) for g, t in pairs)
         score = float(self.scores[np.arange(len(chosen)), chosen].sum())
         return {"avg_weight_bits": round(bits / elements, 4), "size_mb": round(size / 1e6, 4),
                 "predicted": float(f"{score:.6g}"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from onnxq.allocate.groups import WIDTHS
 from onnxq.allocate.importance import IMPORTANCE
 from onnxq.config import (
     ACTIVATION_TYPES,
@@ -321,7 +322,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
                    f"output SQNR {before:.1f} -> {after:.1f} dB on held-out calibration samples")
     if report.allocation:
         chosen = report.allocation
-        counts = ", ".join(f"{chosen[f'{t}_groups']} {t}" for t in ("int8", "int4")
+        counts = ", ".join(f"{chosen[f'{t}_groups']} {t}" for t in WIDTHS
                            if f"{t}_groups" in chosen)
         click.echo(f"bit allocation ({chosen['importance']}): {counts} weight groups, "
                    f"{chosen['avg_weight_bits']:.2f} bits per weight on average, "
