@@ -10,6 +10,7 @@ from onnxq.allocate.solve import Budget
 from onnxq.errors import OnnxqError
 from onnxq.numerics.affine import QTYPES, WIDE
 from onnxq.numerics.observers import OBSERVERS
+from onnxq.plan.overrides import OverrideRule
 from onnxq.targets.profile import INT4_STORAGE, TargetProfile, load_target
 
 WEIGHT_TYPES = ("int8", "int4")
@@ -71,6 +72,8 @@ class QuantConfig:
     """Calibration samples the data-aware importance scores read."""
     tie: tuple[str, ...] = ()
     """Regular expressions: the weights each matches take one width together."""
+    overrides: tuple[OverrideRule, ...] = ()
+    """The ``--overrides`` file's rules, which change annotation's decisions."""
 
     def __post_init__(self) -> None:
         target = self.target
@@ -136,6 +139,7 @@ class QuantConfig:
                              f"{target.name} does not run; drop --min-sqnr or use another "
                              "--target")
         self._check_budget()
+        self._check_overrides()
         if self.seed < 0:
             raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:
@@ -162,6 +166,29 @@ class QuantConfig:
                              "--importance weight (data-free) with --calib none")
         if self.score_samples < 1:
             raise OnnxqError(f"--score-samples must be at least 1 (got {self.score_samples})")
+
+    def _check_overrides(self) -> None:
+        """Refuse an override whose type the target or the run cannot honour."""
+        target = self.target
+        for rule in self.overrides:
+            if rule.weights is not None and rule.weights not in target.weights:
+                raise OnnxqError(f"{rule.where}: --target {target.name} does not run "
+                                 f"{rule.weights} weights; use {' or '.join(target.weights)}")
+            if rule.activations is None:
+                continue
+            if not self.needs_data:
+                raise OnnxqError(f"{rule.where}: weight-only quantization (--calib none) "
+                                 "quantizes no activations; drop the rule's activations")
+            if rule.activations not in target.activations:
+                raise OnnxqError(f"{rule.where}: --target {target.name} does not run "
+                                 f"{rule.activations} activations; use "
+                                 f"{' or '.join(target.activations)}")
+            if rule.activations == "int4":
+                raise OnnxqError(f"{rule.where}: ONNX Runtime's fused kernels compute signed "
+                                 "int4 activations wrongly; use uint4")
+            if QTYPES[rule.activations].dtype.bitwidth == 4 and self.weights != "int4":
+                raise OnnxqError(f"{rule.where}: {rule.activations} activations need "
+                                 "--weights int4 (no runtime mixes them with 8-bit weights)")
 
     @property
     def budget(self) -> Budget | None:
@@ -205,6 +232,8 @@ class QuantConfig:
             kinds += candidate_types(self.target.weights)
         if self.min_sqnr is not None:  # the guard may move activations to 16 bits
             kinds.append("uint16")
+        kinds += [kind for rule in self.overrides
+                  for kind in (rule.weights, rule.activations) if kind is not None]
         return max(self.target.min_opset, *(QTYPES[kind].min_opset for kind in kinds))
 
     @property

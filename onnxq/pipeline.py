@@ -60,6 +60,11 @@ class QuantReport:
     """How often each of the target's rules changed a decision."""
     allocation: dict = dataclasses.field(default_factory=dict)
     """Bit allocation's budget, score and the width of every weight (under a budget)."""
+    overrides: list[dict] = dataclasses.field(default_factory=list)
+    """The ``--overrides`` rules: where each was written, what it sets, how many nodes it
+    changed."""
+    decisions: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Node -> the target rules and overrides that changed its decisions."""
     pareto: dict | None = None
     """The measured trade-off across budgets (``--pareto``; not part of the report's JSON)."""
     output_cosine: float | None = None
@@ -171,6 +176,9 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         target_rules=dict(sorted(state.target_rules.items())),
         allocation=({} if state.allocation is None
                     else state.allocation.report(config.weight_storage)),
+        overrides=[{"rule": rule.where, "sets": rule.describe(),
+                    "nodes": state.target_rules.get(rule.where, 0)} for rule in config.overrides],
+        decisions=dict(sorted(state.plan.decisions.items())),
         pareto=state.pareto,
         plan=state.plan.to_json(),
     )

@@ -51,7 +51,8 @@ class QuantPlan:
     qparams (pass-through ops, Concat).  ``uses`` lists the (node name, input index)
     pairs that read the quantized form of an activation; ``outputs`` the graph outputs
     that are the quantized form of theirs (the DQ output keeps the name).  ``float_nodes`` says why
-    nodes were left in float.  ``nodes`` binds the node names to one model's nodes
+    nodes were left in float; ``decisions`` the target rules and overrides that changed a
+    node's decisions.  ``nodes`` binds the node names to one model's nodes
     (``bind``); it is not part of the value.
     """
 
@@ -62,6 +63,7 @@ class QuantPlan:
     parent: dict[str, str] = dataclasses.field(default_factory=dict)
     outputs: list[str] = dataclasses.field(default_factory=list)
     float_nodes: dict[str, str] = dataclasses.field(default_factory=dict)
+    decisions: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     nodes: dict[str, ir.Node] = dataclasses.field(default_factory=dict, compare=False,
                                                   repr=False)
 
@@ -114,6 +116,7 @@ class QuantPlan:
             "groups": self.parent,
             "outputs": self.outputs,
             "float_nodes": self.float_nodes,
+            "decisions": self.decisions,
         }, indent=1)
 
     @classmethod
@@ -131,7 +134,9 @@ class QuantPlan:
                       for k, v in data["uses"].items()},
                 parent={str(k): str(v) for k, v in data["groups"].items()},
                 outputs=[str(name) for name in data.get("outputs", [])],
-                float_nodes={str(k): str(v) for k, v in data["float_nodes"].items()})
+                float_nodes={str(k): str(v) for k, v in data["float_nodes"].items()},
+                decisions={str(k): [str(r) for r in v]
+                           for k, v in data.get("decisions", {}).items()})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise OnnxqError(f"{source} is not an onnxq plan ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:120]}): write one with "

@@ -45,11 +45,12 @@ def candidate_types(target_weights: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(qtype for qtype in WIDTHS if qtype in target_weights)
 
 
-def weight_groups(model: ir.Model, plan: QuantPlan, ties: tuple[str, ...] = ()
-                  ) -> list[WeightGroup]:
+def weight_groups(model: ir.Model, plan: QuantPlan, ties: tuple[str, ...] = (),
+                  pinned: frozenset[str] = frozenset()) -> list[WeightGroup]:
     """The planned per-channel or per-tensor int8/int4 weights as groups, in plan order;
     every weight whose name matches one of ``ties`` (regular expressions) joins that
-    pattern's group.  Blocked weights and other grids (QNN's uint8 constants) keep theirs."""
+    pattern's group.  Blocked weights, other grids (QNN's uint8 constants) and the
+    ``pinned`` weights (an override's type) keep theirs."""
     patterns = []
     for text in ties:
         try:
@@ -60,7 +61,7 @@ def weight_groups(model: ir.Model, plan: QuantPlan, ties: tuple[str, ...] = ()
                              ) from None
     members: dict[str, list[str]] = {}
     for name, spec in plan.weights.items():
-        if spec.qtype not in WIDTHS or spec.block_size:
+        if spec.qtype not in WIDTHS or spec.block_size or name in pinned:
             continue
         key = next((p.pattern for p in patterns if p.search(name)), name)
         members.setdefault(key, []).append(name)

@@ -70,16 +70,9 @@ def evaluate(job: EvalJob, widths: tuple[str, ...]) -> dict[str, float | None]:
             "top1_agreement": result.top1_agreement}
 
 
-def plot(path: Path, front: dict) -> Path | None:
-    """The plot of ``front`` beside its JSON at ``path`` (``.png``); a missing plotting
-    library is a warning, not an error.  Returns the PNG's path when one was written."""
-    try:
-        import matplotlib
-    except ImportError:
-        warnings.warn("no Pareto plot: install matplotlib (pip install 'onnxq[plot]'); the "
-                      f"JSON is at {path}", stacklevel=2)
-        return None
-    matplotlib.use("Agg")
+def draw(front: dict):
+    """The front's figure (matplotlib, imported by the caller): each measured metric
+    against the budget, the chosen point starred."""
     from matplotlib import pyplot
 
     x_key = "avg_weight_bits" if front["budget"]["kind"] == "avg-weight-bits" else "size_mb"
@@ -106,8 +99,23 @@ def plot(path: Path, front: dict) -> Path | None:
     figure.suptitle(f"{front['samples']} held-out calibration samples; {MEASURED}",
                     fontsize=7)
     figure.tight_layout()
+    return figure
+
+
+def plot(path: Path, front: dict) -> Path | None:
+    """The plot of ``front`` beside its JSON at ``path`` (``.png``); a missing plotting
+    library is a warning, not an error.  Returns the PNG's path when one was written."""
+    try:
+        import matplotlib
+    except ImportError:
+        warnings.warn("no Pareto plot: install matplotlib (pip install 'onnxq[plot]'); the "
+                      f"JSON is at {path}", stacklevel=2)
+        return None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure = draw(front)
     png = path.with_suffix(".png")
     figure.savefig(png, dpi=110)
     pyplot.close(figure)
     return png
-

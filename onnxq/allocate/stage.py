@@ -20,8 +20,10 @@ from onnxq.allocate.importance import (
 from onnxq.allocate.jobs import run_jobs
 from onnxq.allocate.pareto import MEASURED, PARETO_FORMAT, EvalJob, evaluate
 from onnxq.allocate.solve import Budget, solve, sweep
+from onnxq.config import QuantConfig
 from onnxq.io.data import Limited
 from onnxq.plan.qparams import QParams
+from onnxq.spec import QuantPlan
 from onnxq.state import QuantState, RunContext
 
 CHUNK = 16
@@ -115,12 +117,22 @@ def importance_scores(state: QuantState, ctx: RunContext, importance: str,
     return sums[:, :, 0 if importance == "fisher" else 1] / samples, importance
 
 
+def pinned_weights(plan: QuantPlan, config: QuantConfig) -> frozenset[str]:
+    """The weights of the nodes an override gave a weight type: bit allocation keeps them."""
+    setting = {rule.where for rule in config.overrides if rule.weights is not None}
+    return frozenset(value.name for node, applied in plan.decisions.items()
+                     if setting.intersection(applied)
+                     for value in plan.nodes[node].inputs
+                     if value is not None and value.name in plan.weights)
+
+
 def allocate_stage(state: QuantState, ctx: RunContext) -> list[str]:
     """Score every weight group at every width the target runs, then give each the width
     that minimizes the total score within the budget (an exact integer program)."""
     config = ctx.config
     began = time.perf_counter()
-    groups = weight_groups(state.model, state.plan, config.tie)
+    groups = weight_groups(state.model, state.plan, config.tie,
+                           pinned_weights(state.plan, config))
     types = candidate_types(config.target.weights)
     candidates = candidate_qparams(state.model, state.plan, groups, types)
     quantized = quantized_weights(state.model, candidates)

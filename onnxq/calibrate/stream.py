@@ -89,9 +89,9 @@ def stream_outputs(model: ir.Model, names: Sequence[str], data: Iterable[Feed], 
     count = 0
     for feed in progress(batches(data, inputs, batch_size), stage,
                          total=None if total is None else -(-total // max(batch_size, 1))):
-        arrays = run(session, outputs, feed)
+        # no local keeps this batch's tensors alive while the next batch runs
         yield {name: _merge(array, where[name][1])
-               for name, array in zip(names, arrays, strict=True)}
+               for name, array in zip(names, run(session, outputs, feed), strict=True)}
         count += 1
     if count == 0:
         raise OnnxqError("calibration data is empty; pass --calib with at least one sample")

@@ -27,6 +27,7 @@ from onnxq.config import (
 )
 from onnxq.errors import OnnxqError
 from onnxq.numerics.observers import OBSERVERS
+from onnxq.plan.overrides import read_overrides
 from onnxq.spec import QuantPlan
 from onnxq.targets.profile import INT4_STORAGE, load_target, targets
 
@@ -203,6 +204,9 @@ def _read_plan(path: str) -> QuantPlan:
               help="Calibration samples (chosen deterministically with --seed).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--exclude", multiple=True, help="Glob on node name or op type to keep in float.")
+@click.option("--overrides", "overrides_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML rules by node/tensor glob or op type: weight/activation type, "
+                   "granularity or skip (onnxq report writes one for the worst layers).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
               help="fast: fusion + min-max; default: fusion + bias correction + refined ranges.")
 @click.option("--fuse/--no-fuse", default=None, help="BatchNorm/Pad/MatMul+Add fusion "
@@ -262,21 +266,25 @@ def _read_plan(path: str) -> QuantPlan:
               help="Also write the run's plan (what is quantized and how, per tensor) as JSON.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="Quantize with this plan (an edited --plan-out) instead of annotating.")
+@click.option("--report", "report_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the per-layer report (HTML; JSON and overrides.toml beside "
+                   "it), measured on the calibration data.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars or notes.")
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target, target_file,
              weights, activations, int4_storage, input_shapes, observer, weight_observer,
-             samples, seed, exclude, preset, fuse, equalize, bias_correction, refine_ranges,
-             rounding, iters, learn_scale, loss, cache_mb,
+             samples, seed, exclude, overrides_path, preset, fuse, equalize, bias_correction,
+             refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
              precalibrate, quantize_fragile, min_cosine, min_sqnr, avg_weight_bits, size_mb,
-             importance, score_samples, tie, pareto_out, ray, plan_out, plan_path, device,
-             quiet) -> None:
+             importance, score_samples, tie, pareto_out, ray, plan_out, plan_path, report_out,
+             device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
     from onnxq.io.model_io import load_model
     from onnxq.io.sources import open_source
+    from onnxq.report.write import report_paths
 
     passes = {"fuse": fuse, "equalize": equalize, "bias_correction": bias_correction,
               "refine_ranges": refine_ranges, "precalibrate": precalibrate}
@@ -294,6 +302,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
         min_sqnr=min_sqnr, avg_weight_bits=avg_weight_bits, size_mb=size_mb,
         importance=importance, score_samples=score_samples, tie=tuple(tie),
+        overrides=read_overrides(overrides_path) if overrides_path else (),
         **{name: value for name, value in passes.items() if value is not None})
     if model is None:
         from onnxq.cli.demo import run_default
@@ -304,11 +313,20 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         raise OnnxqError("missing calibration data: pass --calib FOLDER|FILE.npz "
                          "(or --calib random to calibrate on random data, or --calib none for "
                          "weight-only quantization)")
+    if plan_path and overrides_path:
+        raise OnnxqError("--overrides changes annotation's decisions, which --plan replaces: "
+                         "edit the plan, or drop --plan")
     plan = _read_plan(plan_path) if plan_path else None
     loaded = load_model(model)
     source = None if weight_only else open_source(calib, loaded, _make_image_options(
         size, resize, mean, std, bgr, layout), samples, seed)
     out = Path(output) if output else default_output(Path(model), config)
+    paths = None
+    if report_out:
+        if weight_only:
+            raise OnnxqError("--report measures the model on data; with --calib none run "
+                             "onnxq report FP32 QUANT --data PATH afterwards")
+        paths = report_paths(report_out, Path(report_out).with_suffix(".json"))
     report = quantize_file(model, out, source, config, quiet=quiet, model=loaded, plan=plan,
                            plan_out=plan_out, pareto_out=pareto_out, ray=ray)
     checked = ("" if report.output_cosine is None or math.isnan(report.output_cosine)
@@ -330,6 +348,85 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
                    f"{chosen['score_seconds']:.1f} s)")
     if report.float_nodes and not quiet:
         click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
+    if paths is not None:
+        _report(model, out, source, paths, quiet, config.device, pareto=report.pareto)
+
+
+def _report(fp32: str, quantized: Path, source, paths: dict, quiet: bool, device: str,
+            batches: int = 8, batch_size: int = 8, top: int = 3,
+            pareto: dict | None = None) -> None:
+    """Measure and write the per-layer report, then say where it went and what it found."""
+    from onnxq.io.data import Limited
+    from onnxq.io.model_io import load_model
+    from onnxq.progress import Progress
+    from onnxq.report.build import build_report
+    from onnxq.report.write import write_report
+
+    report = build_report(load_model(fp32), load_model(quantized),
+                          Limited(source, batches * batch_size), batches=batches,
+                          batch_size=batch_size, top=top, device=device,
+                          progress=Progress(quiet), names=(str(fp32), str(quantized)))
+    written = write_report(report, paths, pareto)
+    click.echo(f"wrote {', '.join(map(str, written))}: {len(report['rows'])} quantized nodes on "
+               f"{report['samples']} samples, output SQNR {report['output_sqnr_db']} dB, "
+               f"{report['cost']['seconds']:.1f} s")
+    for culprit in report["culprits"]:
+        fixed = culprit["suggestion_sqnr_db"]
+        click.echo(f"  culprit {culprit['node']} ({culprit['op']}): only-this-layer output "
+                   f"SQNR {culprit['only_layer_sqnr_db']} dB; suggested {culprit['suggestion']}"
+                   + ("" if fixed is None else f" ({fixed} dB)"))
+
+
+@main.command()
+@click.argument("fp32", type=click.Path(dir_okay=False))
+@click.argument("quantized", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Image folder, .npz file or folder of .npz files.")
+@_image_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html",
+              show_default=True, help="The HTML report (overrides.toml is written beside it).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON.")
+@click.option("--batches", type=int, default=8, show_default=True,
+              help="Batches measured (each layer's own sweep runs all of them).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--top", type=int, default=3, show_default=True,
+              help="Culprits to find fixes for (worst first).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--pareto", "pareto_path", type=click.Path(dir_okay=False), default=None,
+              help="A bit allocation front (quantize --pareto's JSON) to plot in the report.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+@_one_line_errors
+def report(fp32, quantized, data, size, resize, mean, std, bgr, layout, output, json_out,
+           batches, batch_size, top, seed, pareto_path, device, quiet) -> None:
+    """Per-layer errors of QUANTIZED against FP32 on --data: the culprit layers, with an
+    overrides file that fixes them."""
+    import json
+
+    from onnxq.io.model_io import load_model
+    from onnxq.io.sources import open_source
+    from onnxq.report.write import report_paths
+
+    for option, value in (("--batches", batches), ("--batch-size", batch_size),
+                          ("--top", top)):
+        if value < 1:
+            raise OnnxqError(f"{option} must be at least 1 (got {value})")
+    for path in (output, json_out):
+        if path is not None and Path(path).absolute() in (Path(fp32).absolute(),
+                                                          Path(quantized).absolute()):
+            raise OnnxqError(f"{path} is one of the models; choose another report path")
+    pareto = None
+    if pareto_path:
+        try:
+            pareto = json.loads(Path(pareto_path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OnnxqError(f"cannot read --pareto {pareto_path} ({type(exc).__name__}); "
+                             "give the JSON quantize --pareto wrote") from None
+    paths = report_paths(output, json_out)
+    source = open_source(data, load_model(fp32), _make_image_options(
+        size, resize, mean, std, bgr, layout), batches * batch_size, seed)
+    _report(fp32, Path(quantized), source, paths, quiet, device, batches, batch_size, top,
+            pareto)
 
 
 @main.command()

@@ -118,3 +118,27 @@ def mlp_feeds(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``count`` Gaussian feature vectors (one sample per feed) for the MLP."""
     rng = np.random.default_rng(seed)
     return [{MLP_INPUT: rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(count)]
+
+
+def _outlier_cnn(seed: int, outlier: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    convs = [nn.Conv2d(3 if k == 0 else 16, 16, 3, padding=1) for k in range(6)]
+    net = nn.Sequential(*(m for conv in convs for m in (conv, nn.ReLU())))[:-1].eval()
+    with torch.no_grad():  # channel 0 of conv ``outlier``'s input 100x larger, same function
+        convs[outlier - 1].weight[0] *= 100.0
+        convs[outlier - 1].bias[0] *= 100.0
+        convs[outlier].weight[:, 0] /= 100.0
+    return net
+
+
+def export_outlier_cnn(path: str | Path, seed: int = 0, outlier: int = 3) -> Path:
+    """Export six 3x3 Conv/ReLU layers (input ``image``: N x 3 x 32 x 32, dynamic N) where
+    channel 0 of conv ``outlier``'s input is 100x the others (the FP32 function unchanged):
+    one per-tensor activation grid for that input rounds its other channels away."""
+    import torch
+
+    return export_module(_outlier_cnn(seed, outlier), torch.zeros(1, 3, 32, 32), path,
+                         INPUT_NAME)

@@ -8,7 +8,9 @@ ops (Reshape, Transpose, MaxPool, Concat, Pad, ...) share their input's qparams.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import warnings
 from collections import Counter
 from collections.abc import Callable
 
@@ -17,8 +19,10 @@ import onnx_ir as ir
 
 from onnxq.config import QuantConfig
 from onnxq.graph import fused_chain_end
+from onnxq.numerics.affine import QTYPES
 from onnxq.ops import LAYERS
 from onnxq.plan.fragile import find_fragile, fused_chains
+from onnxq.plan.overrides import OverrideRule
 from onnxq.spec import BiasSpec, QuantPlan, QuantSpec
 
 PASS_THROUGH = {
@@ -35,6 +39,14 @@ class Annotator:
         self.plan = QuantPlan()
         self.rules: Counter[str] = Counter()
         """How often each of the target's rules changed a decision."""
+
+    def rule(self, node: ir.Node, text: str) -> None:
+        """Count a target rule (or override) that changed ``node``'s decisions, and record
+        it for the node."""
+        self.rules[text] += 1
+        applied = self.plan.decisions.setdefault(node.name, [])
+        if text not in applied:
+            applied.append(text)
 
     def activation_spec(self) -> QuantSpec:
         """The spec every quantized activation gets."""
@@ -72,13 +84,13 @@ class Annotator:
         qtype = self.config.weights
         if target.constant_type is not None and node.op_type not in WEIGHT_OPS:
             qtype = target.constant_type
-            self.rules[f"{node.op_type} constants {qtype}"] += 1
+            self.rule(node, f"{node.op_type} constants {qtype}")
         if axis is not None and node.op_type in target.per_tensor_weights:
             axis = None
-            self.rules[f"{node.op_type} weights per tensor"] += 1
+            self.rule(node, f"{node.op_type} weights per tensor")
         elif axis is not None and node.op_type in target.weight_axes:
             axis = target.weight_axes[node.op_type]
-            self.rules[f"{node.op_type} weights per channel on axis {axis}"] += 1
+            self.rule(node, f"{node.op_type} weights per channel on axis {axis}")
         rank = len(value.const_value.shape)
         if axis is not None and axis >= rank:
             axis = None
@@ -94,7 +106,7 @@ class Annotator:
         """Quantize a 1-D bias to int32 with scale s_input * s_weight."""
         bias = node.inputs[index] if len(node.inputs) > index else None
         if not self.config.target.quantize_bias and bias is not None:
-            self.rules["biases kept float"] += 1
+            self.rule(node, "biases kept float")
             return
         if (bias is None or not bias.is_initializer() or bias.dtype != ir.DataType.FLOAT
                 or len(bias.const_value.shape) != 1):
@@ -103,7 +115,7 @@ class Annotator:
         rank = len(node.inputs[weight_index].const_value.shape)
         if weight is not None and weight.axis not in (None, LAYERS[node.op_type].weight_axis(
                 node, rank)):  # scales per input channel: no int32 bias scale per output
-            self.rules["biases kept float"] += 1
+            self.rule(node, "biases kept float")
             return
         self.plan.biases[bias.name] = BiasSpec(node.inputs[act_index].name,
                                                node.inputs[weight_index].name)
@@ -128,7 +140,7 @@ def _every_input(a: Annotator, node: ir.Node) -> None:
     for index, value in enumerate(node.inputs):
         if not a.activation(node, index) and value is not None and value.is_initializer():
             a.weight(node, index, None)
-    a.rules[f"{node.op_type} quantized for the target"] += 1
+    a.rule(node, f"{node.op_type} quantized for the target")
 
 
 REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
@@ -206,7 +218,7 @@ def _chain_inputs(a: Annotator, node: ir.Node, fused: set[ir.Node]) -> None:
     for index, value in enumerate(node.inputs):
         if value is not None and value.producer() not in fused:
             a.activation(node, index)
-    a.rules["fused chain quantized at its borders"] += 1
+    a.rule(node, "fused chain quantized at its borders")
 
 
 def _quantize_outputs(a: Annotator, graph: ir.Graph, fused: set[ir.Node]) -> None:
@@ -232,13 +244,77 @@ def _quantize_outputs(a: Annotator, graph: ir.Graph, fused: set[ir.Node]) -> Non
         output = value.is_graph_output() and value.name not in plan.outputs
         if not missing and not output:
             continue
-        a.rules["outputs quantized for whole DQ -> op -> Q units"] += 1
+        a.rule(node, "outputs quantized for whole DQ -> op -> Q units")
         plan.activations.setdefault(value.name, a.activation_spec())
         plan.uses.setdefault(value.name, [])
         for user, index in missing:
             a.activation(user, index)
         if output:
             plan.outputs.append(value.name)
+
+
+def _override_targets(a: Annotator, graphs: list[ir.Graph], rule: OverrideRule
+                      ) -> tuple[dict[str, ir.Node], dict[str, ir.Node]]:
+    """The planned weights and activations ``rule`` reaches, each with a node that reads it:
+    the weights and read activations of the nodes it matches, or the tensors it names."""
+    plan = a.plan
+    readers = {}
+    for graph in graphs:
+        for node in graph:
+            for value in node.inputs:
+                if value is not None:
+                    readers.setdefault(value.name, node)
+    if rule.tensor is not None:
+        return ({name: readers[name] for name in plan.weights if rule.matches_tensor(name)},
+                {name: readers[name] for name in plan.activations
+                 if rule.matches_tensor(name) and name in readers})
+    weights, activations = {}, {}
+    uses = {(node, index): name for name, pairs in plan.uses.items() for node, index in pairs}
+    for node in (node for graph in graphs for node in graph):
+        if node.name in plan.float_nodes or not rule.matches_node(node.name or "", node.op_type):
+            continue
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.name in plan.weights:
+                weights[value.name] = node
+            if (node.name, index) in uses:
+                activations[uses[node.name, index]] = node
+    return weights, activations
+
+
+def _override(a: Annotator, graphs: list[ir.Graph], rule: OverrideRule) -> None:
+    """Set what ``rule`` sets on the weights and activations it reaches (an activation's
+    whole qparams group takes the type) and record it for their nodes (a weight type
+    recorded pins the weight against bit allocation); warn when it reaches none."""
+    plan = a.plan
+    weights, activations = _override_targets(a, graphs, rule)
+    changed: list[ir.Node] = []
+    for name, node in weights.items():
+        spec = plan.weights[name]
+        if rule.weights is not None:
+            spec = dataclasses.replace(spec, qtype=rule.weights)
+        if rule.granularity == "per-tensor":
+            spec = dataclasses.replace(spec, axis=None, block_size=None)
+        elif rule.granularity == "per-channel" and node.op_type in LAYERS:
+            rank = len(next(v for v in node.inputs
+                            if v is not None and v.name == name).const_value.shape)
+            spec = dataclasses.replace(spec, axis=LAYERS[node.op_type].weight_axis(node, rank),
+                                       block_size=None)
+        if rule.weights is not None or rule.granularity is not None:
+            plan.weights[name] = spec  # the same type still counts: it pins the weight
+            changed.append(node)
+    if rule.activations is not None:
+        groups = plan.groups()
+        grid = QTYPES[rule.activations]
+        for name, node in activations.items():
+            for member in groups[plan.group(name)]:
+                plan.activations[member] = dataclasses.replace(
+                    plan.activations[member], qtype=rule.activations, symmetric=grid.signed)
+            changed.append(node)
+    for node in dict.fromkeys(changed):
+        a.rule(node, rule.where)
+    if not changed:
+        warnings.warn(f"{rule.where} ({rule.describe()}) changes no quantized node or tensor; "
+                      "check the names with --plan-out", stacklevel=2)
 
 
 def annotate(model: ir.Model, config: QuantConfig, rules: Counter[str] | None = None
@@ -257,13 +333,18 @@ def annotate(model: ir.Model, config: QuantConfig, rules: Counter[str] | None = 
     for node in (node for graph in graphs for node in graph):
         if node.name in a.plan.float_nodes:
             continue
-        if _excluded(node, config.exclude):
+        skip = next((rule for rule in config.overrides
+                     if rule.skip and rule.matches_node(node.name or "", node.op_type)), None)
+        if skip is not None:
+            a.plan.float_nodes[node.name] = f"skipped by {skip.where}"
+            a.rule(node, skip.where)
+        elif _excluded(node, config.exclude):
             a.plan.float_nodes[node.name] = "excluded by --exclude"
         elif node in fused:
             _chain_inputs(a, node, fused)
         elif node.op_type in target.float_ops:
             a.plan.float_nodes[node.name] = f"kept float on --target {target.name}"
-            a.rules[f"{node.op_type} kept float"] += 1
+            a.rule(node, f"{node.op_type} kept float")
         elif node.op_type in LAYERS or (node.op_type in REGISTRY
                                         and not target.quantizes_op(node.op_type)):
             REGISTRY[node.op_type](a, node)
@@ -285,6 +366,9 @@ def annotate(model: ir.Model, config: QuantConfig, rules: Counter[str] | None = 
         for graph in graphs:
             _quantize_outputs(a, graph, fused)
             _share_through(a, graph)
+    for rule in config.overrides:
+        if not rule.skip:
+            _override(a, graphs, rule)
     if rules is not None:
         rules.update(a.rules)
     return a.plan.bind(model)

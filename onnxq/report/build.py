@@ -1,0 +1,194 @@
+"""``onnxq report``: per-layer errors of a QDQ model against its FP32 source, the culprit
+layers with fixes measured for them, as one JSON-ready value."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.emit.qdq import SHAPE_READERS
+from onnxq.errors import OnnxqError
+from onnxq.io.data import Feed
+from onnxq.io.tempfiles import TempDir
+from onnxq.plan.overrides import OverrideRule
+from onnxq.progress import Progress
+from onnxq.report.measure import Energy, Spill, db, output_energy, paired_pass
+from onnxq.report.pairing import (
+    Quantizer,
+    Row,
+    float_twin,
+    prepared_reference,
+    quantized_rows,
+    stored_config,
+    stored_report,
+)
+from onnxq.report.variants import Fix, Variants, candidate_fixes
+
+REPORT_FORMAT = "onnxq.report/1"
+OVERRIDES_FILE = "overrides.toml"
+MIN_GAIN_DB = 6.0
+"""A measured fix is suggested over ``skip`` when it gains at least this much."""
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
+
+
+def literal_glob(name: str) -> str:
+    """A glob that matches exactly ``name`` (its wildcard characters bracketed)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _weight_sqnr(quantizer: Quantizer, row: Row, index: int, reference: ir.Model
+                 ) -> float | None:
+    """The dequantized weight (a lookup's table) against the reference's."""
+    nodes = {node.name: node for node in reference.graph}
+    if quantizer.kind == "lookup":
+        gather = quantizer.dq.inputs[0].producer()
+        float_value = nodes[gather.name].inputs[0] if gather.name in nodes else None
+    else:
+        node = nodes.get(row.node.name)
+        float_value = node.inputs[index] if node is not None else None
+    if float_value is None or float_value.const_value is None:
+        return None
+    w = float_value.const_value.numpy().astype(np.float64)
+    approx = quantizer.dequantized()
+    if approx.shape != w.shape:
+        return None
+    energy = Energy()
+    energy.add(w, approx)
+    return db(energy.sqnr_db)
+
+
+def _decision(row: Row, rules: list[str]) -> dict:
+    weights = [q for q in row.inputs.values() if q.kind in ("weight", "lookup")]
+    acts = [q for q in row.inputs.values() if q.kind == "activation"]
+    return {"weights": ", ".join(f"{q.qtype} {q.granularity}" for q in weights) or None,
+            "activations": ", ".join(dict.fromkeys(q.qtype for q in acts)) or None,
+            "rules": rules}
+
+
+def _suggestion(row: Row, sqnr: float, fixes: list[tuple[Fix, float]]
+                ) -> tuple[OverrideRule, float | None]:
+    """The override that fixes ``row`` and its measured only-this-layer SQNR: the best
+    measured fix, or skip (exact: None) when none gains ``MIN_GAIN_DB``."""
+    best = max(fixes, key=lambda pair: pair[1], default=None)
+    node = literal_glob(row.node.name)
+    if best is None or best[1] - sqnr < MIN_GAIN_DB:
+        return OverrideRule(OVERRIDES_FILE, 0, node=node, skip=True), None
+    fix, fixed = best
+    if fix.kind == "activations":
+        return OverrideRule(OVERRIDES_FILE, 0, node=node, activations=fix.qtype), fixed
+    return OverrideRule(OVERRIDES_FILE, 0, node=node, weights="int8",
+                        granularity="per-channel"), fixed
+
+
+def overrides_text(culprits: list[dict], quantized_name: str) -> str:
+    """The culprits' suggested overrides as an ``--overrides`` file."""
+    lines = [f"# onnxq report: overrides for the worst layers of {quantized_name}, worst first.",
+             "# Apply with: onnxq quantize FP32 ... --overrides overrides.toml", ""]
+    for culprit in culprits:
+        fixed = culprit["suggestion_sqnr_db"]
+        lines += [f"# {culprit['node']} ({culprit['op']}): only-this-layer output SQNR "
+                  f"{culprit['only_layer_sqnr_db']} dB"
+                  + ("" if fixed is None else f", {fixed} dB with this rule"),
+                  culprit["override"], ""]
+    return "\n".join(lines)
+
+
+def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
+                 batches: int = 8, batch_size: int = 8, top: int = 3, device: str = "cpu",
+                 progress: Progress | None = None, names: tuple[str, str] = ("fp32", "quant")
+                 ) -> dict:
+    """The report of ``quantized`` against ``fp32`` (changed in place: prepared) on the
+    first ``batches`` batches of ``data``: one row per node that reads a quantizer, the
+    ``top`` culprits by only-this-layer damage with fixes measured for each."""
+    began = time.perf_counter()
+    progress = progress or Progress(quiet=True)
+    reference = prepared_reference(fp32, quantized)
+    rows = [row for row in quantized_rows(quantized) if row.node.op_type not in SHAPE_READERS]
+    if not rows:
+        raise OnnxqError(f"{names[1]} has no DequantizeLinear read by a node: it is not a "
+                         "QDQ model (quantize it with onnxq quantize first)")
+    outputs = [v.name for v in reference.graph.outputs if v.dtype in FLOAT_TYPES]
+    quantized_outputs = {v.name for v in quantized.graph.outputs}
+    if not outputs or not set(outputs) <= quantized_outputs:
+        raise OnnxqError(f"{names[1]}'s outputs are not {names[0]}'s: pass the FP32 model it "
+                         "was quantized from")
+    activations = list({q.dq.name: q for row in rows for q in row.inputs.values()
+                        if q.kind == "activation"}.values())
+    row_outputs = {}
+    for row in rows:
+        twin = float_twin(quantized, reference, row)
+        out = row.node.outputs[0]
+        if twin is not None and out.dtype in FLOAT_TYPES:
+            row_outputs[row.node.name] = (out.name, twin.name)
+    config, stored = stored_config(quantized), stored_report(quantized)
+    activation_types = tuple(config.get("target", {}).get("activations", ("uint16", "int16")))
+    variants = Variants(quantized, reference)
+    with TempDir("report") as folder:
+        spill = Spill(folder)
+        spill.fill(reference, data, batch_size, batches)
+        stats = paired_pass(quantized, reference, activations, row_outputs, outputs, spill,
+                            device, progress)
+        only = {row.node.name: output_energy(variants.only(row), outputs, spill, device).sqnr_db
+                for row in progress(rows, "report: only this layer quantized")}
+        ranked = sorted((row for row in rows if np.isfinite(only[row.node.name])),
+                        key=lambda row: only[row.node.name])[:top]
+        culprits = []
+        for row in progress(ranked, "report: fixes for the culprits"):
+            fixes = [(fix, output_energy(variants.only(row, fix), outputs, spill,
+                                         device).sqnr_db)
+                     for fix in candidate_fixes(row, activation_types)]
+            rule, fixed = _suggestion(row, only[row.node.name], fixes)
+            culprits.append({
+                "node": row.node.name, "op": row.node.op_type,
+                "only_layer_sqnr_db": db(only[row.node.name]),
+                "fixes": [{"sets": f"{fix.kind} {fix.qtype}", "only_layer_sqnr_db": db(s)}
+                          for fix, s in fixes],
+                "suggestion": rule.describe(),
+                "suggestion_sqnr_db": None if fixed is None else db(fixed),
+                "override": rule.to_toml()})
+        measured = spill.count, spill.samples
+    decisions = stored.get("decisions", {})
+    table = []
+    for row in rows:
+        inputs = []
+        for index, q in sorted(row.inputs.items()):
+            entry = {"index": index, "tensor": q.tensor, "kind": q.kind, "qtype": q.qtype,
+                     "granularity": q.granularity}
+            if q.kind == "activation":
+                entry |= {"scale": float(q.scale.reshape(-1)[0]),
+                          "zero_point": int(q.zero_point.reshape(-1)[0]),
+                          **stats.ranges[q.dq.name].to_dict()}
+            elif q.kind in ("weight", "lookup"):
+                entry["sqnr_db"] = _weight_sqnr(q, row, index, reference)
+            inputs.append(entry)
+        local = [e["local_sqnr_db"] for e in inputs if e.get("local_sqnr_db") is not None]
+        weight = [e["sqnr_db"] for e in inputs if e.get("sqnr_db") is not None]
+        acc = stats.accumulated.get(row.node.name)
+        table.append({
+            "node": row.node.name, "op": row.node.op_type, "depth": row.depth,
+            "weight_sqnr_db": min(weight, default=None),
+            "local_sqnr_db": min(local, default=None),
+            "accumulated_sqnr_db": None if acc is None else db(acc.sqnr_db),
+            "only_layer_sqnr_db": db(only[row.node.name]),
+            "clipped": max((e["clipped"] for e in inputs if "clipped" in e), default=None),
+            "decision": _decision(row, decisions.get(row.node.name, [])),
+            "inputs": inputs})
+    count, samples = measured
+    runs_per_batch = 2 + len(rows) + sum(len(c["fixes"]) for c in culprits)
+    return {
+        "format": REPORT_FORMAT, "fp32": names[0], "quantized": names[1],
+        "target": config.get("target", {}).get("name"),
+        "samples": samples, "batches": count,
+        "output_sqnr_db": db(stats.output.sqnr_db),
+        "rows": table,
+        "culprits": culprits,
+        "float_nodes": stored.get("float_nodes", {}),
+        "overrides": stored.get("overrides", []),
+        "target_rules": stored.get("target_rules", {}),
+        "allocation": stored.get("allocation", {}),
+        "cost": {"seconds": round(time.perf_counter() - began, 2),
+                 "model_runs": runs_per_batch * count},
+    }
