@@ -97,8 +97,13 @@ def summarize(model: ir.Model, path: Path) -> str:
                      f"{', '.join(report['widened_for_bias'])}")
     if report.get("passes"):
         lines.append("passes: " + " -> ".join(report["passes"]))
+    overrides = report.get("overrides") or []
     if report.get("target"):
-        rules = report.get("target_rules") or {}
+        applied = {o["rule"] for o in overrides}
+        rules = {k: v for k, v in (report.get("target_rules") or {}).items() if k not in applied}
         lines.append(f"target: {report['target']}" + (": " + "; ".join(
             f"{rule} ({count})" for rule, count in rules.items()) if rules else ""))
+    if overrides:
+        lines.append("overrides:")
+        lines.extend(f"  {o['rule']}: {o['sets']} ({o['nodes']} nodes)" for o in overrides)
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from onnxq.io.data import Feed
 from onnxq.io.tempfiles import TempDir
 from onnxq.plan.overrides import OverrideRule
 from onnxq.progress import Progress
-from onnxq.report.measure import Energy, Spill, db, output_energy, paired_pass
+from onnxq.report.measure import Energy, PairedStats, Spill, db, output_energy, paired_pass
 from onnxq.report.pairing import (
     Quantizer,
     Row,
@@ -96,99 +96,112 @@ def overrides_text(culprits: list[dict], quantized_name: str) -> str:
     return "\n".join(lines)
 
 
+def _checked(quantized: ir.Model, reference: ir.Model, names: tuple[str, str]
+             ) -> tuple[list[Row], list[str]]:
+    """The report's rows and the float graph outputs compared, or one error line."""
+    rows = [row for row in quantized_rows(quantized) if row.node.op_type not in SHAPE_READERS]
+    if not rows:
+        raise OnnxqError(f"{names[1]} has no DequantizeLinear read by a node: it is not a "
+                         "QDQ model (quantize it with onnxq quantize first)")
+    outputs = [v.name for v in reference.graph.outputs if v.dtype in FLOAT_TYPES]
+    if not outputs or not set(outputs) <= {v.name for v in quantized.graph.outputs}:
+        raise OnnxqError(f"{names[1]}'s outputs are not {names[0]}'s: pass the FP32 model it "
+                         "was quantized from")
+    return rows, outputs
+
+
+def _row_outputs(reference: ir.Model, rows: list[Row]) -> dict[str, tuple[str, str]]:
+    """Row node -> its float output's name in the quantized model and in the reference."""
+    found = {}
+    for row in rows:
+        twin = float_twin(reference, row)
+        out = row.node.outputs[0]
+        if twin is not None and out.dtype in FLOAT_TYPES:
+            found[row.node.name] = (out.name, twin.name)
+    return found
+
+
+def _culprit(row: Row, sqnr: float, fixes: list[tuple[Fix, float]]) -> dict:
+    rule, fixed = _suggestion(row, sqnr, fixes)
+    return {"node": row.node.name, "op": row.node.op_type, "only_layer_sqnr_db": db(sqnr),
+            "fixes": [{"sets": f"{fix.kind} {fix.qtype}", "only_layer_sqnr_db": db(value)}
+                      for fix, value in fixes],
+            "suggestion": rule.describe(),
+            "suggestion_sqnr_db": None if fixed is None else db(fixed),
+            "override": rule.to_toml()}
+
+
+def _row_entry(row: Row, stats: PairedStats, only: float, rules: list[str],
+               reference: ir.Model) -> dict:
+    inputs = []
+    for index, q in sorted(row.inputs.items()):
+        entry = {"index": index, "tensor": q.tensor, "kind": q.kind, "qtype": q.qtype,
+                 "granularity": q.granularity}
+        if q.kind == "activation":
+            entry |= {"scale": float(q.scale.reshape(-1)[0]),
+                      "zero_point": int(q.zero_point.reshape(-1)[0]),
+                      **stats.ranges[q.dq.name].to_dict()}
+        elif q.kind in ("weight", "lookup"):
+            entry["sqnr_db"] = _weight_sqnr(q, row, index, reference)
+        inputs.append(entry)
+    local = [e["local_sqnr_db"] for e in inputs if e.get("local_sqnr_db") is not None]
+    weight = [e["sqnr_db"] for e in inputs if e.get("sqnr_db") is not None]
+    accumulated = stats.accumulated.get(row.node.name)
+    return {"node": row.node.name, "op": row.node.op_type, "depth": row.depth,
+            "weight_sqnr_db": min(weight, default=None),
+            "local_sqnr_db": min(local, default=None),
+            "accumulated_sqnr_db": None if accumulated is None else db(accumulated.sqnr_db),
+            "only_layer_sqnr_db": db(only),
+            "clipped": max((e["clipped"] for e in inputs if "clipped" in e), default=None),
+            "decision": _decision(row, rules), "inputs": inputs}
+
+
 def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
                  batches: int = 8, batch_size: int = 8, top: int = 3, device: str = "cpu",
                  progress: Progress | None = None, names: tuple[str, str] = ("fp32", "quant")
                  ) -> dict:
     """The report of ``quantized`` against ``fp32`` (changed in place: prepared) on the
     first ``batches`` batches of ``data``: one row per node that reads a quantizer, the
-    ``top`` culprits by only-this-layer damage with fixes measured for each."""
+    ``top`` culprits by only-this-layer damage with fixes measured for each.  The models
+    run 2 + rows + fixes times per batch."""
     began = time.perf_counter()
     progress = progress or Progress(quiet=True)
     reference = prepared_reference(fp32, quantized)
-    rows = [row for row in quantized_rows(quantized) if row.node.op_type not in SHAPE_READERS]
-    if not rows:
-        raise OnnxqError(f"{names[1]} has no DequantizeLinear read by a node: it is not a "
-                         "QDQ model (quantize it with onnxq quantize first)")
-    outputs = [v.name for v in reference.graph.outputs if v.dtype in FLOAT_TYPES]
-    quantized_outputs = {v.name for v in quantized.graph.outputs}
-    if not outputs or not set(outputs) <= quantized_outputs:
-        raise OnnxqError(f"{names[1]}'s outputs are not {names[0]}'s: pass the FP32 model it "
-                         "was quantized from")
+    rows, outputs = _checked(quantized, reference, names)
     activations = list({q.dq.name: q for row in rows for q in row.inputs.values()
                         if q.kind == "activation"}.values())
-    row_outputs = {}
-    for row in rows:
-        twin = float_twin(quantized, reference, row)
-        out = row.node.outputs[0]
-        if twin is not None and out.dtype in FLOAT_TYPES:
-            row_outputs[row.node.name] = (out.name, twin.name)
     config, stored = stored_config(quantized), stored_report(quantized)
     activation_types = tuple(config.get("target", {}).get("activations", ("uint16", "int16")))
     variants = Variants(quantized, reference)
     with TempDir("report") as folder:
         spill = Spill(folder)
         spill.fill(reference, data, batch_size, batches)
-        stats = paired_pass(quantized, reference, activations, row_outputs, outputs, spill,
-                            device, progress)
+        stats = paired_pass(quantized, reference, activations,
+                            _row_outputs(reference, rows), outputs, spill, device, progress)
         only = {row.node.name: output_energy(variants.only(row), outputs, spill, device).sqnr_db
                 for row in progress(rows, "report: only this layer quantized")}
         ranked = sorted((row for row in rows if np.isfinite(only[row.node.name])),
                         key=lambda row: only[row.node.name])[:top]
-        culprits = []
+        culprits, fixes = [], 0
         for row in progress(ranked, "report: fixes for the culprits"):
-            fixes = [(fix, output_energy(variants.only(row, fix), outputs, spill,
-                                         device).sqnr_db)
-                     for fix in candidate_fixes(row, activation_types)]
-            rule, fixed = _suggestion(row, only[row.node.name], fixes)
-            culprits.append({
-                "node": row.node.name, "op": row.node.op_type,
-                "only_layer_sqnr_db": db(only[row.node.name]),
-                "fixes": [{"sets": f"{fix.kind} {fix.qtype}", "only_layer_sqnr_db": db(s)}
-                          for fix, s in fixes],
-                "suggestion": rule.describe(),
-                "suggestion_sqnr_db": None if fixed is None else db(fixed),
-                "override": rule.to_toml()})
-        measured = spill.count, spill.samples
+            measured = [(fix, output_energy(variants.only(row, fix), outputs, spill,
+                                            device).sqnr_db)
+                        for fix in candidate_fixes(row, activation_types)]
+            culprits.append(_culprit(row, only[row.node.name], measured))
+            fixes += len(measured)
     decisions = stored.get("decisions", {})
-    table = []
-    for row in rows:
-        inputs = []
-        for index, q in sorted(row.inputs.items()):
-            entry = {"index": index, "tensor": q.tensor, "kind": q.kind, "qtype": q.qtype,
-                     "granularity": q.granularity}
-            if q.kind == "activation":
-                entry |= {"scale": float(q.scale.reshape(-1)[0]),
-                          "zero_point": int(q.zero_point.reshape(-1)[0]),
-                          **stats.ranges[q.dq.name].to_dict()}
-            elif q.kind in ("weight", "lookup"):
-                entry["sqnr_db"] = _weight_sqnr(q, row, index, reference)
-            inputs.append(entry)
-        local = [e["local_sqnr_db"] for e in inputs if e.get("local_sqnr_db") is not None]
-        weight = [e["sqnr_db"] for e in inputs if e.get("sqnr_db") is not None]
-        acc = stats.accumulated.get(row.node.name)
-        table.append({
-            "node": row.node.name, "op": row.node.op_type, "depth": row.depth,
-            "weight_sqnr_db": min(weight, default=None),
-            "local_sqnr_db": min(local, default=None),
-            "accumulated_sqnr_db": None if acc is None else db(acc.sqnr_db),
-            "only_layer_sqnr_db": db(only[row.node.name]),
-            "clipped": max((e["clipped"] for e in inputs if "clipped" in e), default=None),
-            "decision": _decision(row, decisions.get(row.node.name, [])),
-            "inputs": inputs})
-    count, samples = measured
-    runs_per_batch = 2 + len(rows) + sum(len(c["fixes"]) for c in culprits)
     return {
         "format": REPORT_FORMAT, "fp32": names[0], "quantized": names[1],
         "target": config.get("target", {}).get("name"),
-        "samples": samples, "batches": count,
+        "samples": spill.samples, "batches": spill.count,
         "output_sqnr_db": db(stats.output.sqnr_db),
-        "rows": table,
+        "rows": [_row_entry(row, stats, only[row.node.name], decisions.get(row.node.name, []),
+                            reference) for row in rows],
         "culprits": culprits,
         "float_nodes": stored.get("float_nodes", {}),
         "overrides": stored.get("overrides", []),
         "target_rules": stored.get("target_rules", {}),
         "allocation": stored.get("allocation", {}),
         "cost": {"seconds": round(time.perf_counter() - began, 2),
-                 "model_runs": runs_per_batch * count},
+                 "model_runs": (2 + len(rows) + fixes) * spill.count},
     }

@@ -176,7 +176,7 @@ def quantized_rows(model: ir.Model) -> list[Row]:
     return rows
 
 
-def float_twin(quantized: ir.Model, reference: ir.Model, row: Row) -> ir.Value | None:
+def float_twin(reference: ir.Model, row: Row) -> ir.Value | None:
     """The FP32 reference's counterpart of ``row``'s node output (None if it has none)."""
     values = values_by_name(reference.graph)
     out = row.node.outputs[0]

@@ -131,6 +131,9 @@ def test_overrides_reach_the_model_and_its_metadata(tmp_path, small_cnn, npz):
     assert report["decisions"][gemm.name] == ["o.toml line 1"]
     stored = json.loads(written.metadata_props["onnxq.config"])["overrides"]
     assert stored[0]["line"] == 1 and stored[0]["activations"] == "uint16"
+    shown = invoke("inspect", out).output
+    assert f"overrides:\n  o.toml line 1: node = '{gemm.name}'" in shown
+    assert "(1 nodes)" in shown
 
 
 def test_overrides_with_a_plan_are_refused(tmp_path, small_cnn, npz):
