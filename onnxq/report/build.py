@@ -68,19 +68,29 @@ def _decision(row: Row, rules: list[str]) -> dict:
             "rules": rules}
 
 
+def _skipped(row: Row) -> list[str]:
+    """The nodes to keep float so that ``row`` reads float inputs: itself, and for rows
+    picked from a quantized table, the lookups (Gather) that pick them."""
+    lookups = [q.dq.inputs[0].producer().name for q in row.inputs.values()
+               if q.kind == "lookup"]
+    own = [row.node.name] if any(q.kind != "lookup" for q in row.inputs.values()) else []
+    return list(dict.fromkeys([*own, *lookups]))
+
+
 def _suggestion(row: Row, sqnr: float, fixes: list[tuple[Fix, float]]
-                ) -> tuple[OverrideRule, float | None]:
-    """The override that fixes ``row`` and its measured only-this-layer SQNR: the best
+                ) -> tuple[list[OverrideRule], float | None]:
+    """The overrides that fix ``row`` and its measured only-this-layer SQNR: the best
     measured fix, or skip (exact: None) when none gains ``MIN_GAIN_DB``."""
     best = max(fixes, key=lambda pair: pair[1], default=None)
     node = literal_glob(row.node.name)
     if best is None or best[1] - sqnr < MIN_GAIN_DB:
-        return OverrideRule(OVERRIDES_FILE, 0, node=node, skip=True), None
+        return [OverrideRule(OVERRIDES_FILE, 0, node=literal_glob(name), skip=True)
+                for name in _skipped(row)], None
     fix, fixed = best
     if fix.kind == "activations":
-        return OverrideRule(OVERRIDES_FILE, 0, node=node, activations=fix.qtype), fixed
-    return OverrideRule(OVERRIDES_FILE, 0, node=node, weights="int8",
-                        granularity="per-channel"), fixed
+        return [OverrideRule(OVERRIDES_FILE, 0, node=node, activations=fix.qtype)], fixed
+    return [OverrideRule(OVERRIDES_FILE, 0, node=node, weights="int8",
+                         granularity="per-channel")], fixed
 
 
 def overrides_text(culprits: list[dict], quantized_name: str) -> str:
@@ -122,13 +132,13 @@ def _row_outputs(reference: ir.Model, rows: list[Row]) -> dict[str, tuple[str, s
 
 
 def _culprit(row: Row, sqnr: float, fixes: list[tuple[Fix, float]]) -> dict:
-    rule, fixed = _suggestion(row, sqnr, fixes)
+    rules, fixed = _suggestion(row, sqnr, fixes)
     return {"node": row.node.name, "op": row.node.op_type, "only_layer_sqnr_db": db(sqnr),
             "fixes": [{"sets": f"{fix.kind} {fix.qtype}", "only_layer_sqnr_db": db(value)}
                       for fix, value in fixes],
-            "suggestion": rule.describe(),
+            "suggestion": "; ".join(rule.describe() for rule in rules),
             "suggestion_sqnr_db": None if fixed is None else db(fixed),
-            "override": rule.to_toml()}
+            "override": "\n\n".join(rule.to_toml() for rule in rules)}
 
 
 def _row_entry(row: Row, stats: PairedStats, only: float, rules: list[str],

@@ -65,14 +65,15 @@ class Quantizer:
         return f"blocks of {block} on axis {axis}" if block else f"per-channel axis {axis}"
 
     def dequantized(self) -> np.ndarray:
-        """The constant this DQ computes (weights and biases; a lookup's whole table)."""
+        """The constant this DQ computes (weights and biases; a lookup's whole table, whose
+        scales run along its last axis, the columns)."""
         table = self.dq.inputs[0]
+        axis = self.dq.attributes.get_int("axis", 1) if self.scale.size > 1 else None
         if self.kind == "lookup":
             table = table.producer().inputs[0]
+            axis = None if axis is None else len(table.const_value.shape) - 1
         return dequantize(table.const_value.numpy().astype(np.int64), self.scale,
-                          self.zero_point, self.dq.attributes.get_int("axis", 1)
-                          if self.scale.size > 1 else None,
-                          self.dq.attributes.get_int("block_size", None))
+                          self.zero_point, axis, self.dq.attributes.get_int("block_size", None))
 
 
 @dataclasses.dataclass

@@ -164,3 +164,24 @@ def test_report_errors_are_one_line(outlier, tmp_path, small_cnn):
                           "is one of the models")
     assert_one_line_error(invoke("report", fp32, quantized, "--data", val, "-o",
                                  tmp_path / "missing" / "r.html"), "does not exist")
+
+
+def test_a_transformer_reports_its_lookups_and_float_nodes(bert17, tmp_path):
+    from onnxq.models import tiny_bert
+
+    quantized = tmp_path / "bert.q.onnx"
+    quantize(bert17, quantized, tiny_bert.feeds("calib", 32), QuantConfig.from_preset("fast"),
+             quiet=True)
+    report = build_report(load_model(bert17), load_model(quantized),
+                          tiny_bert.feeds("val", 16, 1), batches=2)
+    lookups = [e for row in report["rows"] for e in row["inputs"] if e["kind"] == "lookup"]
+    assert lookups and all(35 < e["sqnr_db"] < 60 for e in lookups)  # int8 per-column tables
+    assert {"MatMul", "Gemm"} <= {row["op"] for row in report["rows"]}
+    assert any(why.startswith("kept float") for why in report["float_nodes"].values())
+    assert report["culprits"][0]["only_layer_sqnr_db"] == min(
+        row["only_layer_sqnr_db"] for row in report["rows"]
+        if row["only_layer_sqnr_db"] is not None)
+    names = {node.name for node in load_model(quantized).graph}
+    for culprit in report["culprits"]:
+        rules = parse_overrides(culprit["override"], "o.toml")
+        assert all(any(rule.matches_node(name, "Any") for name in names) for rule in rules)
