@@ -176,7 +176,7 @@ def report_check(browser: Browser, report: Path, out: Path) -> bool:
     first = browser.evaluate("document.querySelector('table.sortable th:nth-child(7)')"
                              ".click(), document.querySelector('table.sortable tbody tr "
                              "td').innerText")
-    shot = browser.screenshot(out / f"{report.stem}.png", full_page=True)
+    shot = browser.screenshot(out / f"{report.parent.name}-{report.stem}.png", full_page=True)
     print(f"screenshot: {shot}")
     return all([check("the report's per-layer table renders", rows > 0, f"{rows} rows"),
                 check("its plots load offline", images >= 1, f"{images} images"),

@@ -59,14 +59,14 @@ def main(work: Path, rounding: str) -> None:
             timed(onnxq("quantize", lite0, "--calib", calib, "-o", out, "--quiet", *flags))
     rows = []
     for batches in (8, 64):
-        html = work / f"lite0.w8a8.b{batches}.html"
+        html = _folder(work / f"lite0.w8a8.b{batches}") / "report.html"
         seconds, rss, _ = timed(onnxq("report", lite0, w8, "--data", val, "-o", html,
                                       "--json", html.with_suffix(".json"), "--batches",
                                       batches, "--batch-size", 4, "--quiet"))
         rows.append((f"Lite0 W8A8, {batches} batches of 4", seconds, rss, html))
     reports = []
     for name, fp32, quantized, data in [("Lite0 W4A8", lite0, w4, val), *_yolo(work)]:
-        html = work / f"{quantized.stem}.html"
+        html = _folder(work / quantized.stem) / "report.html"
         seconds, rss, _ = timed(onnxq("report", fp32, quantized, "--data", data, "-o", html,
                                       "--json", html.with_suffix(".json"), "--quiet"))
         rows.append((f"{name}, 8 batches of 8", seconds, rss, html))
@@ -83,6 +83,12 @@ def main(work: Path, rounding: str) -> None:
     shots = work / "screenshots"
     subprocess.run([sys.executable, HERE / "browser_checks.py", "--model", w4, "--out", shots,
                     *(a for html in reports for a in ("--report", html))], check=True)
+
+
+def _folder(path: Path) -> Path:
+    """A folder of its own per report (each writes an overrides.toml beside it)."""
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def _yolo(work: Path) -> list[tuple[str, Path, Path, Path]]:

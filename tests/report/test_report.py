@@ -124,6 +124,17 @@ def test_the_html_opens_offline_and_sorts(outlier):
     json.loads(json.dumps(report))  # JSON-ready
 
 
+def test_a_pareto_front_is_plotted_in_the_page(outlier):
+    fp32, quantized, _, held_out, _ = outlier
+    report = build_report(load_model(fp32), load_model(quantized), held_out, batches=1)
+    points = [{"kind": "onnxq", "avg_weight_bits": bits, "size_mb": bits / 8, "kl": None,
+               "sqnr_db": 10.0 + bits, "chosen": bits == 6} for bits in (4, 6, 8)]
+    front = {"budget": {"kind": "avg-weight-bits", "value": 6}, "importance": "fisher",
+             "samples": 32, "points": points}
+    page = render_html(report, "", front)
+    assert page.count("data:image/png;base64,") == 3 and "Pareto front" in page
+
+
 def test_the_command_writes_report_json_and_overrides(outlier, tmp_path):
     fp32, quantized, _, _, folder = outlier
     html, data = tmp_path / "r.html", tmp_path / "r.json"
