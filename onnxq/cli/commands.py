@@ -353,7 +353,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
 
 
 def _report(fp32: str, quantized: Path, source, paths: dict, quiet: bool, device: str,
-            batches: int = 8, batch_size: int = 8, top: int = 3,
+            batches: int = 8, batch_size: int = 8, top: int = 3, leave_one_out: bool = False,
             pareto: dict | None = None) -> None:
     """Measure and write the per-layer report, then say where it went and what it found."""
     from onnxq.io.data import Limited
@@ -365,7 +365,8 @@ def _report(fp32: str, quantized: Path, source, paths: dict, quiet: bool, device
     report = build_report(load_model(fp32), load_model(quantized),
                           Limited(source, batches * batch_size), batches=batches,
                           batch_size=batch_size, top=top, device=device,
-                          progress=Progress(quiet), names=(str(fp32), str(quantized)))
+                          leave_one_out=leave_one_out, progress=Progress(quiet),
+                          names=(str(fp32), str(quantized)))
     written = write_report(report, paths, pareto)
     click.echo(f"wrote {', '.join(map(str, written))}: {len(report['rows'])} quantized nodes on "
                f"{report['samples']} samples, output SQNR {report['output_sqnr_db']} dB, "
@@ -391,6 +392,9 @@ def _report(fp32: str, quantized: Path, source, paths: dict, quiet: bool, device
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--top", type=int, default=3, show_default=True,
               help="Culprits to find fixes for (worst first).")
+@click.option("--leave-one-out", is_flag=True,
+              help="Also measure each node left float with every other one quantized (what "
+                   "promoting it gains in context; one more model run per node and batch).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--pareto", "pareto_path", type=click.Path(dir_okay=False), default=None,
               help="A bit allocation front (quantize --pareto's JSON) to plot in the report.")
@@ -398,7 +402,7 @@ def _report(fp32: str, quantized: Path, source, paths: dict, quiet: bool, device
 @click.option("--quiet", is_flag=True)
 @_one_line_errors
 def report(fp32, quantized, data, size, resize, mean, std, bgr, layout, output, json_out,
-           batches, batch_size, top, seed, pareto_path, device, quiet) -> None:
+           batches, batch_size, top, leave_one_out, seed, pareto_path, device, quiet) -> None:
     """Per-layer errors of QUANTIZED against FP32 on --data: the culprit layers, with an
     overrides file that fixes them."""
     import json
@@ -426,7 +430,7 @@ def report(fp32, quantized, data, size, resize, mean, std, bgr, layout, output, 
     source = open_source(data, load_model(fp32), _make_image_options(
         size, resize, mean, std, bgr, layout), batches * batch_size, seed)
     _report(fp32, Path(quantized), source, paths, quiet, device, batches, batch_size, top,
-            pareto)
+            leave_one_out, pareto)
 
 
 @main.command()

@@ -141,8 +141,8 @@ def _culprit(row: Row, sqnr: float, fixes: list[tuple[Fix, float]]) -> dict:
             "override": "\n\n".join(rule.to_toml() for rule in rules)}
 
 
-def _row_entry(row: Row, stats: PairedStats, only: float, rules: list[str],
-               reference: ir.Model) -> dict:
+def _row_entry(row: Row, stats: PairedStats, only: float, without: float | None,
+               rules: list[str], reference: ir.Model) -> dict:
     inputs = []
     for index, q in sorted(row.inputs.items()):
         entry = {"index": index, "tensor": q.tensor, "kind": q.kind, "qtype": q.qtype,
@@ -162,18 +162,20 @@ def _row_entry(row: Row, stats: PairedStats, only: float, rules: list[str],
             "local_sqnr_db": min(local, default=None),
             "accumulated_sqnr_db": None if accumulated is None else db(accumulated.sqnr_db),
             "only_layer_sqnr_db": db(only),
+            "float_gain_db": None if without is None else db(without - stats.output.sqnr_db),
             "clipped": max((e["clipped"] for e in inputs if "clipped" in e), default=None),
             "decision": _decision(row, rules), "inputs": inputs}
 
 
 def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
                  batches: int = 8, batch_size: int = 8, top: int = 3, device: str = "cpu",
-                 progress: Progress | None = None, names: tuple[str, str] = ("fp32", "quant")
-                 ) -> dict:
+                 leave_one_out: bool = False, progress: Progress | None = None,
+                 names: tuple[str, str] = ("fp32", "quant")) -> dict:
     """The report of ``quantized`` against ``fp32`` (changed in place: prepared) on the
     first ``batches`` batches of ``data``: one row per node that reads a quantizer, the
-    ``top`` culprits by only-this-layer damage with fixes measured for each.  The models
-    run 2 + rows + fixes times per batch."""
+    ``top`` culprits by only-this-layer damage with fixes measured for each, and with
+    ``leave_one_out`` what the output gains with each node alone left float.  The models
+    run 2 + rows + fixes times per batch (and rows more with ``leave_one_out``)."""
     began = time.perf_counter()
     progress = progress or Progress(quiet=True)
     reference = prepared_reference(fp32, quantized)
@@ -190,6 +192,10 @@ def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
                             _row_outputs(reference, rows), outputs, spill, device, progress)
         only = {row.node.name: output_energy(variants.only(row), outputs, spill, device).sqnr_db
                 for row in progress(rows, "report: only this layer quantized")}
+        without = ({row.node.name: output_energy(variants.all_but(row), outputs, spill,
+                                                 device).sqnr_db
+                    for row in progress(rows, "report: every layer quantized but this one")}
+                   if leave_one_out else {})
         ranked = sorted((row for row in rows if np.isfinite(only[row.node.name])),
                         key=lambda row: only[row.node.name])[:top]
         culprits, fixes = [], 0
@@ -205,13 +211,13 @@ def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
         "target": config.get("target", {}).get("name"),
         "samples": spill.samples, "batches": spill.count,
         "output_sqnr_db": db(stats.output.sqnr_db),
-        "rows": [_row_entry(row, stats, only[row.node.name], decisions.get(row.node.name, []),
-                            reference) for row in rows],
+        "rows": [_row_entry(row, stats, only[row.node.name], without.get(row.node.name),
+                            decisions.get(row.node.name, []), reference) for row in rows],
         "culprits": culprits,
         "float_nodes": stored.get("float_nodes", {}),
         "overrides": stored.get("overrides", []),
         "target_rules": stored.get("target_rules", {}),
         "allocation": stored.get("allocation", {}),
         "cost": {"seconds": round(time.perf_counter() - began, 2),
-                 "model_runs": (2 + len(rows) + fixes) * spill.count},
+                 "model_runs": (2 + len(rows) + len(without) + fixes) * spill.count},
     }

@@ -122,6 +122,7 @@ def _layer_table(report: dict) -> str:
     culprits = {c["node"] for c in report["culprits"]}
     heads = [("node", "text"), ("op", "text"), ("depth", ""), ("weight SQNR", ""),
              ("local SQNR", ""), ("accumulated SQNR", ""), ("only-this-layer SQNR", ""),
+             ("gain if float", ""),
              ("clipped %", ""), ("activation range", "text"), ("observed", "text"),
              ("weights", "text"), ("activations", "text"), ("rules", "text")]
     out = ['<table class="sortable"><thead><tr>']
@@ -137,6 +138,7 @@ def _layer_table(report: dict) -> str:
             _cell(row["node"], cls="text"), _cell(row["op"], cls="text"), _cell(row["depth"]),
             _cell(row["weight_sqnr_db"]), _cell(row["local_sqnr_db"]),
             _cell(row["accumulated_sqnr_db"]), _cell(row["only_layer_sqnr_db"]),
+            _cell(row["float_gain_db"]),
             _cell(None if clipped is None else round(100 * clipped, 4)),
             _cell(ranges or None, cls="text"), _cell(seen or None, cls="text"),
             _cell(decision["weights"], cls="text"), _cell(decision["activations"], cls="text"),
@@ -208,6 +210,8 @@ def render_html(report: dict, overrides: str, pareto: dict | None = None) -> str
         ("<p>SQNR in dB. <b>local</b>: a tensor after its Q/DQ against before, in the "
          "quantized network; <b>accumulated</b>: the node's output against the FP32 model's; "
          "<b>only-this-layer</b>: the model's output with only this node's inputs quantized; "
+         "<b>gain if float</b> (<code>--leave-one-out</code>): what the output SQNR gains "
+         "with every node quantized but this one; "
          "<b>clipped</b>: the share of the input outside the grid. '-': exact or not "
          "measured.</p>"),
         _layer_table(report),

@@ -77,16 +77,48 @@ class Variants:
                                                                 node))
         return model
 
+    def all_but(self, row: Row) -> ir.Model:
+        """The quantized model with ``row``'s node reading float inputs: the activations
+        before their Q/DQ, the reference's weights and biases, rows gathered from the
+        reference's table."""
+        model = self.quantized.clone()
+        graph = model.graph
+        values = values_by_name(graph)
+        fresh = FreshNames(model)
+        node = next(n for n in graph if n.name == row.node.name)
+        twin = next(n for n in self.reference.graph if n.name == row.node.name)
+        for index, quantizer in row.inputs.items():
+            source = quantizer.dq.inputs[0].producer()
+            if quantizer.kind == "activation":
+                node.replace_input_with(index, values[source.inputs[0].name])
+            elif quantizer.kind == "lookup":
+                table = next(n for n in self.reference.graph if n.name == source.name)
+                gather = ir.Node("", "Gather", [self._copy(table.inputs[0], graph, fresh),
+                                                values[source.inputs[1].name]],
+                                 attributes=list(source.attributes.values()),
+                                 name=fresh(f"{source.name}_float"))
+                gather.outputs[0].name = fresh(f"{source.outputs[0].name}_float")
+                graph.insert_before(node, gather)
+                node.replace_input_with(index, gather.outputs[0])
+            else:
+                node.replace_input_with(index, self._copy(twin.inputs[index], graph, fresh))
+        return model
+
+    @staticmethod
+    def _copy(value: ir.Value, graph: ir.Graph, fresh: FreshNames) -> ir.Value:
+        """An initializer of another model copied into ``graph`` under a fresh name."""
+        copy = ir.Value(name=fresh(value.name), type=value.type, shape=value.shape,
+                        const_value=value.const_value)
+        graph.register_initializer(copy)
+        return copy
+
     def _transplant(self, value: ir.Value, graph: ir.Graph, values: dict[str, ir.Value],
                     fresh: FreshNames, before: ir.Node) -> ir.Value:
         """``value`` of the quantized graph rebuilt in ``graph``: float tensors the reference
         computes are its own; Q/DQ nodes, integer lookups and constants are copied."""
         producer = value.producer()
         if producer is None and value.const_value is not None:
-            copy = ir.Value(name=fresh(value.name), type=value.type, shape=value.shape,
-                            const_value=value.const_value)
-            graph.register_initializer(copy)
-            return copy
+            return self._copy(value, graph, fresh)
         name = self.renamed.get(value.name, value.name)
         if producer is None or (producer.op_type not in QDQ and name in values
                                 and values[name].dtype == value.dtype):

@@ -75,6 +75,9 @@ def test_with_one_layer_quantized_its_only_layer_sqnr_is_the_output_sqnr(outlier
     report = build_report(load_model(fp32), load_model(one), held_out, batch_size=4)
     (row,) = report["rows"]
     assert row["node"] == convs[2]
+    without = build_report(load_model(fp32), load_model(one), held_out, batches=1,
+                           leave_one_out=True)["rows"][0]
+    assert without["float_gain_db"] is None  # nothing else quantized: exact, gain unbounded
     assert row["only_layer_sqnr_db"] == pytest.approx(report["output_sqnr_db"], abs=0.01)
     assert row["only_layer_sqnr_db"] == pytest.approx(
         _output_sqnr(fp32, one, held_out[:32]), abs=0.05)
@@ -105,6 +108,17 @@ def test_the_rows_hold_measured_figures(outlier):
     # the planted input is the worst activation: its other channels sit on few levels
     local = [row["local_sqnr_db"] for row in rows[1:]]
     assert min(local) == rows[OUTLIER]["local_sqnr_db"]
+    assert all(row["float_gain_db"] is None for row in rows)  # not asked for
+
+
+def test_leaving_the_outlier_conv_float_gains_most(outlier):
+    fp32, quantized, _, held_out, _ = outlier
+    report = build_report(load_model(fp32), load_model(quantized), held_out, batches=4,
+                          leave_one_out=True)
+    gains = [row["float_gain_db"] for row in report["rows"]]
+    assert max(gains) == gains[OUTLIER] and gains[OUTLIER] > 10
+    assert report["cost"]["model_runs"] == 4 * (2 + 2 * 6 + sum(
+        len(c["fixes"]) for c in report["culprits"]))
 
 
 def _shape_of(path, name):
@@ -184,7 +198,7 @@ def test_a_transformer_reports_its_lookups_and_float_nodes(bert17, tmp_path):
     quantize(bert17, quantized, tiny_bert.feeds("calib", 32), QuantConfig.from_preset("fast"),
              quiet=True)
     report = build_report(load_model(bert17), load_model(quantized),
-                          tiny_bert.feeds("val", 16, 1), batches=2)
+                          tiny_bert.feeds("val", 16, 1), batches=2, leave_one_out=True)
     lookups = [e for row in report["rows"] for e in row["inputs"] if e["kind"] == "lookup"]
     assert lookups and all(35 < e["sqnr_db"] < 60 for e in lookups)  # int8 per-column tables
     assert {"MatMul", "Gemm"} <= {row["op"] for row in report["rows"]}
@@ -196,3 +210,5 @@ def test_a_transformer_reports_its_lookups_and_float_nodes(bert17, tmp_path):
     for culprit in report["culprits"]:
         rules = parse_overrides(culprit["override"], "o.toml")
         assert all(any(rule.matches_node(name, "Any") for name in names) for rule in rules)
+    assert all(row["float_gain_db"] is None or row["float_gain_db"] > -3
+               for row in report["rows"])  # a float node rarely makes the output worse
