@@ -14,6 +14,10 @@ from onnxq.plan.overrides import OverrideRule
 from onnxq.targets.profile import INT4_STORAGE, TargetProfile, load_target
 
 WEIGHT_TYPES = ("int8", "int4")
+BLOCKED_OPSET = 21
+"""The first opset whose DequantizeLinear takes ``block_size``."""
+MIN_BLOCK = 16
+"""The smallest block (a power of two) ONNX Runtime fuses into MatMulNBits."""
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "none")
 WEIGHT_OBSERVERS = ("auto", "minmax", "mse")
 EQUALIZE = ("none", "exact", "relu")
@@ -74,6 +78,8 @@ class QuantConfig:
     """Regular expressions: the weights each matches take one width together."""
     overrides: tuple[OverrideRule, ...] = ()
     """The ``--overrides`` file's rules, which change annotation's decisions."""
+    block_size: int | None = None
+    """4-bit MatMul/Gemm weights in blocks of this many along K (``--block-size``)."""
 
     def __post_init__(self) -> None:
         target = self.target
@@ -140,6 +146,7 @@ class QuantConfig:
                              "--target")
         self._check_budget()
         self._check_overrides()
+        self._check_blocks()
         if self.seed < 0:
             raise OnnxqError(f"--seed must be 0 or more (got {self.seed})")
         if self.samples is not None and self.samples < 1:
@@ -166,6 +173,27 @@ class QuantConfig:
                              "--importance weight (data-free) with --calib none")
         if self.score_samples < 1:
             raise OnnxqError(f"--score-samples must be at least 1 (got {self.score_samples})")
+
+    def _check_blocks(self) -> None:
+        """Refuse a block size ORT does not fuse, or flags blocks do not work with yet."""
+        size = self.block_size
+        if size is None:
+            return
+        if size < MIN_BLOCK or size & (size - 1):
+            raise OnnxqError(f"--block-size must be a power of two of at least {MIN_BLOCK} "
+                             f"(ONNX Runtime fuses only those into MatMulNBits); got {size}")
+        if QTYPES[self.weights].dtype.bitwidth != 4:
+            raise OnnxqError("--block-size quantizes 4-bit MatMul weights in blocks; add "
+                             "--weights int4")
+        if not self.target.blocked_weights:
+            raise OnnxqError(f"--target {self.target.name} does not run blocked weights; drop "
+                             "--block-size or use --target ort-cpu|ort-gpu")
+        if self.rounding != "nearest":
+            raise OnnxqError("learned rounding does not handle blocked weights yet; use "
+                             "--rounding nearest with --block-size")
+        if self.budget is not None:
+            raise OnnxqError(f"bit allocation chooses per-channel widths, not blocks; drop "
+                             f"{self.budget.flag} or --block-size")
 
     def _check_overrides(self) -> None:
         """Refuse an override whose type the target or the run cannot honour."""
@@ -234,7 +262,10 @@ class QuantConfig:
             kinds.append("uint16")
         kinds += [kind for rule in self.overrides
                   for kind in (rule.weights, rule.activations) if kind is not None]
-        return max(self.target.min_opset, *(QTYPES[kind].min_opset for kind in kinds))
+        blocked = self.block_size is not None or any(
+            rule.granularity == "per-block" for rule in self.overrides)
+        return max(self.target.min_opset, *(QTYPES[kind].min_opset for kind in kinds),
+                   *([BLOCKED_OPSET] if blocked else []))
 
     @property
     def weight_storage(self) -> dict[str, str]:

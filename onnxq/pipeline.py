@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.allocate.stage import allocate_stage, pareto_stage
+from onnxq.analysis.matmulnbits import fusion_summary
 from onnxq.calibrate.stage import calibrate_stage
 from onnxq.config import QuantConfig
 from onnxq.emit.stage import emit_stage
@@ -65,6 +66,9 @@ class QuantReport:
     changed."""
     decisions: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     """Node -> the target rules and overrides that changed its decisions."""
+    matmulnbits: dict = dataclasses.field(default_factory=dict)
+    """With 4-bit or blocked MatMul/Gemm weights: how many ORT CPU fuses into MatMulNBits,
+    and why the others are not."""
     pareto: dict | None = None
     """The measured trade-off across budgets (``--pareto``; not part of the report's JSON)."""
     output_cosine: float | None = None
@@ -179,6 +183,7 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
         overrides=[{"rule": rule.where, "sets": rule.describe(),
                     "nodes": state.target_rules.get(rule.where, 0)} for rule in config.overrides],
         decisions=dict(sorted(state.plan.decisions.items())),
+        matmulnbits=fusion_summary(model),
         pareto=state.pareto,
         plan=state.plan.to_json(),
     )

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.analysis.matmulnbits import fusion_line, fusion_summary
 from onnxq.plan.annotate import REGISTRY
 
 INT4_IN_INT8 = "int4 (int8 container)"
@@ -97,6 +98,10 @@ def summarize(model: ir.Model, path: Path) -> str:
                      f"{', '.join(report['widened_for_bias'])}")
     if report.get("passes"):
         lines.append("passes: " + " -> ".join(report["passes"]))
+    fusion = fusion_summary(model)
+    if fusion:
+        lines.append(fusion_line(fusion))
+        lines.extend(f"  {name}: {why}" for name, why in fusion["not_fused"].items())
     overrides = report.get("overrides") or []
     if report.get("target"):
         applied = {o["rule"] for o in overrides}

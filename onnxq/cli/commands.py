@@ -14,6 +14,7 @@ import click
 
 from onnxq.allocate.groups import WIDTHS
 from onnxq.allocate.importance import IMPORTANCE
+from onnxq.analysis.matmulnbits import fusion_line
 from onnxq.config import (
     ACTIVATION_TYPES,
     BIAS_CORRECTION,
@@ -192,6 +193,9 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--int4-storage", type=click.Choice(INT4_STORAGE), default=None,
               help="int4 weights as packed INT4, or the 4-bit grid in int8 containers, which "
                    "8-bit kernels run (default: the target's; int8 on ort-cpu).")
+@click.option("--block-size", type=int, default=None, metavar="N",
+              help="int4 MatMul/Gemm weights in blocks of N (16, 32, 64, 128...) along K, "
+                   "which ORT CPU runs as MatMulNBits; the output head stays int8.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Fix a dynamic input's shape (targets with static shapes take the "
                    "calibration data's by default).")
@@ -273,9 +277,9 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--quiet", is_flag=True, help="No progress bars or notes.")
 @_one_line_errors
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target, target_file,
-             weights, activations, int4_storage, input_shapes, observer, weight_observer,
-             samples, seed, exclude, overrides_path, preset, fuse, equalize, bias_correction,
-             refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
+             weights, activations, int4_storage, block_size, input_shapes, observer,
+             weight_observer, samples, seed, exclude, overrides_path, preset, fuse, equalize,
+             bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
              precalibrate, quantize_fragile, min_cosine, min_sqnr, avg_weight_bits, size_mb,
              importance, score_samples, tie, pareto_out, ray, plan_out, plan_path, report_out,
              device, quiet) -> None:
@@ -294,7 +298,7 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         passes["precalibrate"] = precalibrate is not False
     config = QuantConfig.from_preset(
         preset, target=load_target(target, target_file), weights=weights,
-        activations=activations, int4_storage=int4_storage,
+        activations=activations, int4_storage=int4_storage, block_size=block_size,
         input_shapes=tuple(_input_shape(text) for text in input_shapes), observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
         keep_fragile_float=False if quantize_fragile else None, device=device,
@@ -346,6 +350,8 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
                    f"{chosen['avg_weight_bits']:.2f} bits per weight on average, "
                    f"{chosen['size_mb']:.2f} MB of weights (scored and solved in "
                    f"{chosen['score_seconds']:.1f} s)")
+    if report.matmulnbits:
+        click.echo(fusion_line(report.matmulnbits))
     if report.float_nodes and not quiet:
         click.echo(f"{len(report.float_nodes)} nodes left in float (see `onnxq inspect {out}`)")
     if paths is not None:

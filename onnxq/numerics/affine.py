@@ -129,9 +129,23 @@ def groups(w: np.ndarray, axis: int | None, block_size: int | None = None
     return rows, tuple(shape)
 
 
-def _ungroup(per_row: np.ndarray, shape: tuple[int, ...], axis: int | None,
+def from_groups(rows: np.ndarray, shape: tuple[int, ...], axis: int | None,
+                block_size: int | None = None) -> np.ndarray:
+    """The tensor of ``shape`` whose ``groups`` are ``rows`` (a last block's padding
+    dropped): the inverse of ``groups``."""
+    if axis is None:
+        return rows.reshape(shape)
+    moved = [shape[axis], *(n for a, n in enumerate(shape) if a != axis)]
+    if not block_size:
+        return np.moveaxis(rows.reshape(moved), 0, axis)
+    padded = rows.reshape(*moved[1:], -1)[..., :shape[axis]]
+    return np.moveaxis(padded, -1, axis)
+
+
+def ungroup(per_row: np.ndarray, shape: tuple[int, ...], axis: int | None,
              block_size: int | None) -> np.ndarray:
-    """Per-row values of ``groups`` back in the qparams' shape."""
+    """Per-row values of ``groups`` (one per tensor, channel or block) in the qparams'
+    shape."""
     if not block_size or axis is None:
         return per_row.reshape(shape)
     moved = [n for a, n in enumerate(shape) if a != axis] + [shape[axis]]
@@ -144,8 +158,8 @@ def channel_ranges(w: np.ndarray, axis: int | None, block_size: int | None = Non
     if axis is None:
         return np.asarray(w.min()), np.asarray(w.max())
     rows, shape = groups(w, axis, block_size)
-    return (_ungroup(rows.min(axis=1), shape, axis, block_size),
-            _ungroup(rows.max(axis=1), shape, axis, block_size))
+    return (ungroup(rows.min(axis=1), shape, axis, block_size),
+            ungroup(rows.max(axis=1), shape, axis, block_size))
 
 
 def mse_weight_ranges(w: np.ndarray, axis: int | None, qtype: QType, grid: int = 80,
@@ -162,7 +176,7 @@ def mse_weight_ranges(w: np.ndarray, axis: int | None, qtype: QType, grid: int =
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best = np.where(better, amax * ratio, best)
-    best = _ungroup(best, shape, axis, block_size)
+    best = ungroup(best, shape, axis, block_size)
     return -best, best
 
 

@@ -94,8 +94,19 @@ class Annotator:
         rank = len(value.const_value.shape)
         if axis is not None and axis >= rank:
             axis = None
-        self.plan.weights[value.name] = QuantSpec(
-            qtype, True, axis, observer=self.config.weight_range_observer)
+        block, observer = None, self.config.weight_range_observer
+        if (self.config.block_size and contraction_axis(node, rank) is not None
+                and QTYPES[qtype].dtype.bitwidth == 4):
+            if feeds_output(node):
+                qtype = "int8"
+                self.rule(node, "output head weights int8 per channel")
+            else:
+                axis, block = contraction_axis(node, rank), self.config.block_size
+                if self.config.weight_observer == "auto":
+                    observer = "mse"
+                self.rule(node, f"{node.op_type} weights in blocks of {block} along K")
+        self.plan.weights[value.name] = QuantSpec(qtype, True, axis, observer=observer,
+                                                  block_size=block)
         return True
 
     def keep_float(self, node: ir.Node, reason: str) -> None:
@@ -119,6 +130,25 @@ class Annotator:
             return
         self.plan.biases[bias.name] = BiasSpec(node.inputs[act_index].name,
                                                node.inputs[weight_index].name)
+
+
+def contraction_axis(node: ir.Node, rank: int) -> int | None:
+    """The K axis of a rank-2 MatMul/Gemm weight (blocks run along it), else None."""
+    if rank != 2 or node.op_type not in ("MatMul", "Gemm"):
+        return None
+    return 1 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 0
+
+
+def feeds_output(node: ir.Node) -> bool:
+    """Whether ``node``'s output reaches a graph output through pass-through ops and Adds
+    alone (an output head)."""
+    value = node.outputs[0]
+    while not value.is_graph_output():
+        users = list(value.uses())
+        if len(users) != 1 or users[0][0].op_type not in PASS_THROUGH | {"Add"}:
+            return False
+        value = users[0][0].outputs[0]
+    return True
 
 
 def _binary(a: Annotator, node: ir.Node) -> None:
@@ -152,6 +182,8 @@ REGISTRY: dict[str, Callable[[Annotator, ir.Node], None]] = {
     "Sigmoid": _single_input,
     "LeakyRelu": _single_input,
 }
+DEFAULT_BLOCK = 32
+"""The block an override's ``per-block`` granularity takes without ``--block-size``."""
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 """Ops whose constant input is a layer weight (of the ``--weights`` type on every target)."""
 NO_QUANT_NEEDED = PASS_THROUGH | {"Concat", "Constant", "Shape", "Cast"}
@@ -290,13 +322,16 @@ def _override(a: Annotator, graphs: list[ir.Graph], rule: OverrideRule) -> None:
     changed: list[ir.Node] = []
     for name, node in weights.items():
         spec = plan.weights[name]
+        rank = len(next(v for v in node.inputs
+                        if v is not None and v.name == name).const_value.shape)
         if rule.weights is not None:
             spec = dataclasses.replace(spec, qtype=rule.weights)
         if rule.granularity == "per-tensor":
             spec = dataclasses.replace(spec, axis=None, block_size=None)
+        elif rule.granularity == "per-block" and contraction_axis(node, rank) is not None:
+            spec = dataclasses.replace(spec, axis=contraction_axis(node, rank),
+                                       block_size=a.config.block_size or DEFAULT_BLOCK)
         elif rule.granularity == "per-channel" and node.op_type in LAYERS:
-            rank = len(next(v for v in node.inputs
-                            if v is not None and v.name == name).const_value.shape)
             spec = dataclasses.replace(spec, axis=LAYERS[node.op_type].weight_axis(node, rank),
                                        block_size=None)
         if rule.weights is not None or rule.granularity is not None:

@@ -7,7 +7,8 @@ for the nodes or tensors they match, each error naming its line.
     tensor = "x*"                 # glob on tensor names (instead of node/op)
     weights = "int8"              # the matched weights' type
     activations = "uint16"        # the type of the activations the matched nodes read
-    granularity = "per-tensor"    # weights per tensor or per channel
+    granularity = "per-tensor"    # weights per tensor, per channel, or per block along K
+                                  # (rank-2 MatMul/Gemm weights; --block-size, else 32)
     skip = true                   # the matched nodes stay float
 
 Rules apply in file order; a later rule wins over an earlier one.  An activation shares its
@@ -28,7 +29,7 @@ from onnxq.numerics.affine import QTYPES
 
 MATCHERS = ("node", "op", "tensor")
 ACTIONS = ("weights", "activations", "granularity", "skip")
-GRANULARITY = ("per-channel", "per-tensor")
+GRANULARITY = ("per-channel", "per-tensor", "per-block")
 TABLE = "override"
 
 

@@ -26,6 +26,7 @@ from onnxq.prepare.localize_shape import LocalizeShapePass
 from onnxq.prepare.opset_upgrade import OpsetUpgradePass
 from onnxq.prepare.static_shapes import FixInputShapesPass, dynamic_inputs
 from onnxq.prepare.tolerant_shape_inference import TolerantShapeInferencePass
+from onnxq.prepare.untranspose_gemm_weights import UntransposeGemmWeightsPass
 from onnxq.state import QuantState, RunContext
 
 
@@ -67,6 +68,8 @@ def prepare_passes(config: QuantConfig) -> list[ir.passes.PassBase]:
         passes += [FuseBatchNormPass(), FuseMatMulAddPass(), FusePadIntoConvPass()]
     if config.target.keep_reduced_dims:
         passes.append(KeepReducedDimsPass())
+    if config.block_size is not None:
+        passes.append(UntransposeGemmWeightsPass())
     if config.equalize != "none":
         passes.append(CrossLayerEqualizationPass(
             clip_policy="relu" if config.equalize == "relu" else "skip"))

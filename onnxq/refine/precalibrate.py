@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.numerics.affine import QTYPES, QType, choose_qparams
+from onnxq.numerics.affine import QTYPES, QType, choose_qparams, from_groups, groups, ungroup
 from onnxq.plan.qparams import QParams
 from onnxq.spec import QuantPlan
 
@@ -92,23 +92,15 @@ class PreCalibrateWeightsPass(ir.passes.InPlacePass):
         initializers = model.graph.initializers
         for name, spec in self.plan.weights.items():
             w = initializers[name].const_value.numpy().astype(np.float64)
-            axis = spec.axis if spec.axis is not None else 0
             grid = QTYPES[spec.qtype]
-            rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-            if spec.axis is None:
-                rows = w.reshape(1, -1)
+            rows, shape = groups(w, spec.axis, spec.block_size)
             scale = kl_scales(rows, grid)
             q = mean_preserving_round(rows, scale.astype(np.float64), grid)
-            values = q * scale[:, None]
-            if spec.axis is None:
-                values = values.reshape(w.shape)
-            else:
-                moved = list(np.moveaxis(w, axis, 0).shape)
-                values = np.moveaxis(values.reshape(moved), 0, axis)
+            values = from_groups(q * scale[:, None], w.shape, spec.axis, spec.block_size)
             initializers[name].const_value = ir.tensor(values.astype(np.float32), name=name)
             old = self.weight_qparams[name]
             self.weight_qparams[name] = QParams(
-                scale if spec.axis is not None else scale.reshape(()), old.zero_point,
-                old.qtype, old.axis)
+                ungroup(scale, shape, spec.axis, spec.block_size), old.zero_point, old.qtype,
+                old.axis, old.block_size)
         logger.info("pre-calibrated %d weights", len(self.plan.weights))
         return ir.passes.PassResult(model, bool(self.plan.weights))

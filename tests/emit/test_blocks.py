@@ -1,0 +1,137 @@
+"""Block-wise int4 MatMul/Gemm weights (``--block-size``): ORT CPU fuses them into
+MatMulNBits, the head stays int8, the error is below per-channel int4's, and the flags
+blocks do not work with are refused."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from cli_helpers import assert_one_line_error, invoke
+
+from onnxq.analysis.validate import compare
+from onnxq.api import quantize
+from onnxq.config import QuantConfig
+from onnxq.io.model_io import load_model
+from onnxq.io.runtime import make_session, optimized_op_types
+from onnxq.models import tiny_bert
+from onnxq.numerics.affine import from_groups, groups
+from onnxq.prepare.untranspose_gemm_weights import UntransposeGemmWeightsPass
+
+
+def _weight_only(block_size=None, **flags) -> QuantConfig:
+    return QuantConfig.from_preset("fast", weights="int4", activations="none",
+                                   bias_correction="none", block_size=block_size, **flags)
+
+
+@pytest.fixture(scope="module")
+def val():
+    return tiny_bert.feeds("val", 32, 1)
+
+
+def _sqnr(fp32, path, feeds) -> float:
+    return compare(load_model(fp32), load_model(path), feeds).outputs[0].sqnr_db
+
+
+@pytest.mark.parametrize("block", [32, 128])
+def test_every_weight_matmul_runs_as_matmulnbits(bert17, tmp_path, block):
+    out = tmp_path / "b.onnx"
+    quantize(bert17, out, None, _weight_only(block), quiet=True)
+    model = ir.load(out)
+    weights = [n for n in model.graph if n.op_type in ("MatMul", "Gemm")
+               and n.inputs[1].producer() is not None
+               and n.inputs[1].producer().op_type == "DequantizeLinear"]
+    blocked = [n for n in weights if n.inputs[1].producer().attributes.get_int("block_size", 0)]
+    assert len(blocked) == len(weights) - 1  # the head is int8 per channel
+    for node in blocked:
+        dq = node.inputs[1].producer()
+        k, n = node.inputs[1].shape
+        assert dq.attributes.get_int("axis", None) == 0
+        assert dq.inputs[0].dtype == ir.DataType.INT4
+        assert dq.inputs[1].const_value.shape == (-(-k // block), n)
+    assert Counter(optimized_op_types(out))["MatMulNBits"] == len(weights)
+    report = json.loads(model.metadata_props["onnxq.report"])
+    assert report["matmulnbits"] == {"fused": len(weights), "weights": len(weights),
+                                     "not_fused": {}}
+
+
+def test_blocks_beat_per_channel_and_precalibration_helps(bert17, tmp_path, val):
+    paths = {}
+    for name, config in (("channel", _weight_only()), ("blocks", _weight_only(32)),
+                         ("precalibrated", _weight_only(32, precalibrate=True))):
+        paths[name] = tmp_path / f"{name}.onnx"
+        quantize(bert17, paths[name], None, config, quiet=True)
+    sqnr = {name: _sqnr(bert17, path, val) for name, path in paths.items()}
+    assert sqnr["blocks"] > sqnr["channel"] + 0.3, sqnr
+    assert sqnr["precalibrated"] > sqnr["blocks"], sqnr
+
+
+def test_quantized_activations_are_reported_as_not_fused(bert17, tmp_path):
+    out = tmp_path / "w4a8.onnx"
+    quantize(bert17, out, tiny_bert.feeds("calib", 16), QuantConfig(weights="int4",
+                                                                   block_size=32), quiet=True)
+    summary = json.loads(ir.load(out).metadata_props["onnxq.report"])["matmulnbits"]
+    assert summary["fused"] == 0 == Counter(optimized_op_types(out))["MatMulNBits"]
+    assert all("input is quantized" in why for why in summary["not_fused"].values())
+    shown = invoke("inspect", out).output
+    assert "ORT CPU fuses 0 of" in shown and "input is quantized" in shown
+
+
+def test_untransposing_gemm_weights_is_exact(bert17, val):
+    model = ir.load(bert17)
+    before = make_session(model).run(None, val[0])[0]
+    assert UntransposeGemmWeightsPass()(model).modified
+    assert not any(n.attributes.get_int("transB", 0) for n in model.graph if n.op_type == "Gemm")
+    np.testing.assert_allclose(make_session(model).run(None, val[0])[0], before, atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "axis", "block"), [
+    ((5, 7), None, None), ((5, 7), 1, None), ((70, 9), 0, 32), ((3, 40, 5), 1, 16)])
+def test_groups_and_back(shape, axis, block):
+    w = np.random.default_rng(0).standard_normal(shape)
+    rows, _ = groups(w, axis, block)
+    assert np.array_equal(from_groups(rows, shape, axis, block), w)
+
+
+def test_an_override_blocks_one_matmul(bert17, tmp_path):
+    model = ir.load(bert17)
+    name = next(n.name for n in model.graph if n.op_type == "MatMul"
+                and n.inputs[1].const_value is not None)
+    rules = tmp_path / "o.toml"
+    rules.write_text(f'[[override]]\nnode = "{name}"\nweights = "int4"\n'
+                     'granularity = "per-block"\n')
+    out = tmp_path / "o.onnx"
+    result = invoke("quantize", bert17, "--calib", "none", "-o", out, "--overrides", rules,
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    blocks = {n.name: n.inputs[1].producer().attributes.get_int("block_size", 0)
+              for n in ir.load(out).graph if n.op_type in ("MatMul", "Gemm")
+              and n.inputs[1].producer() is not None
+              and n.inputs[1].producer().op_type == "DequantizeLinear"}
+    assert blocks[name] == 32 and sum(blocks.values()) == 32
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (("--block-size", "24", "--weights", "int4"), "power of two of at least 16"),
+    (("--block-size", "8", "--weights", "int4"), "power of two of at least 16"),
+    (("--block-size", "32"), "add --weights int4"),
+    (("--block-size", "32", "--weights", "int4", "--target", "qnn-htp"),
+     "does not run blocked weights"),
+])
+def test_block_flags_that_cannot_work_are_refused(bert17, tmp_path, flags, needle):
+    out = tmp_path / "q.onnx"
+    assert_one_line_error(invoke("quantize", bert17, "--calib", "none", "-o", out, *flags),
+                          needle)
+    assert not out.exists()
+
+
+def test_learned_rounding_and_budgets_refuse_blocks():
+    from onnxq.errors import OnnxqError
+
+    with pytest.raises(OnnxqError, match="learned rounding does not handle blocked weights"):
+        QuantConfig(weights="int4", block_size=32, rounding="brecq")
+    with pytest.raises(OnnxqError, match="bit allocation chooses per-channel widths"):
+        QuantConfig(weights="int4", block_size=32, avg_weight_bits=5)
