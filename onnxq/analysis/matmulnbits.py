@@ -48,14 +48,21 @@ def _problem(node: ir.Node, dq: ir.Node) -> str | None:
         return f"rank-{len(weight.shape)} weight (the fusion takes [K, N])"
     if len(dq.outputs[0].uses()) != 1 or dq.outputs[0].is_graph_output():
         return "its weight's DequantizeLinear has other readers"
+    users = [user for user, _ in node.outputs[0].uses()]
+    only = users[0].op_type if len(users) == 1 else None
+    if node.op_type == "Gemm" and only == "Relu":
+        return "ORT fuses the Gemm with its Relu (FusedGemm) first"
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    if node.op_type == "MatMul" and rank == 2 and only == "Add":
+        return "ORT turns a 2-D MatMul and its Add into a Gemm first (3-D inputs are fused)"
     if node.op_type == "Gemm":
         if node.attributes.get_int("transA", 0) or node.attributes.get_int("transB", 0):
             return "Gemm with transA/transB"
         if node.attributes.get_float("alpha", 1.0) != 1.0:
             return "Gemm with alpha != 1"
         bias = node.inputs[2] if len(node.inputs) > 2 else None
-        if bias is not None and (bias.shape is None or len(bias.shape) != 1):
-            return "Gemm bias is not [N]"
+        if bias is not None and (bias.const_value is None or len(bias.const_value.shape) != 1):
+            return "Gemm bias is not a constant [N]"
     return _granularity_problem(dq)
 
 

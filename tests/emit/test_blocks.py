@@ -135,3 +135,23 @@ def test_learned_rounding_and_budgets_refuse_blocks():
         QuantConfig(weights="int4", block_size=32, rounding="brecq")
     with pytest.raises(OnnxqError, match="bit allocation chooses per-channel widths"):
         QuantConfig(weights="int4", block_size=32, avg_weight_bits=5)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_the_fusion_status_matches_what_ort_fuses(tmp_path, rank):
+    from onnxq.analysis.matmulnbits import matmulnbits_fusion
+    from onnxq.models import matmul_stack
+
+    fp32 = tmp_path / "stack.onnx"
+    ir.save(matmul_stack.build(layers=2, hidden=64, ffn=128, rank=rank), fp32)
+    out = tmp_path / "b.onnx"
+    quantize(fp32, out, None, _weight_only(32), quiet=True)
+    status = matmulnbits_fusion(ir.load(out))
+    assert len(status) == 4
+    fused = sum(reason is None for reason in status.values())
+    assert fused == Counter(optimized_op_types(out))["MatMulNBits"]
+    assert fused == (4 if rank == 3 else 0)  # the int8 head (per channel) fuses too
+    if rank == 2:
+        assert {"ORT fuses the Gemm with its Relu (FusedGemm) first",
+                "ORT turns a 2-D MatMul and its Add into a Gemm first (3-D inputs are fused)"
+                } == set(status.values())
