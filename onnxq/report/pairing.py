@@ -104,14 +104,15 @@ def stored_report(model: ir.Model) -> dict:
 
 def _prepare_config(stored: dict) -> QuantConfig | None:
     """The config of the prepare passes the quantized model went through, when onnxq made
-    it: fusion, equalization and the target's rewrites."""
+    it: fusion, equalization, the target's rewrites, [K, N] Gemm weights for blocks."""
     target = stored.get("target", {})
     if not stored or target.get("name") not in targets():
         return None
     profile = dataclasses.replace(load_target(target["name"]),
                                   keep_reduced_dims=bool(target.get("keep_reduced_dims")))
     return QuantConfig(target=profile, fuse=bool(stored.get("fuse", True)),
-                       equalize=str(stored.get("equalize", "none")))
+                       equalize=str(stored.get("equalize", "none")),
+                       weights=stored.get("weights"), block_size=stored.get("block_size"))
 
 
 def prepared_reference(fp32: ir.Model, quantized: ir.Model) -> ir.Model:
@@ -131,8 +132,7 @@ def prepared_reference(fp32: ir.Model, quantized: ir.Model) -> ir.Model:
         normalize(fp32)
     nodes = {node.name: node.op_type for node in fp32.graph}
     for node in quantized.graph:
-        if node.op_type not in QDQ and node.op_type != "Gather" and (
-                nodes.get(node.name) != node.op_type):
+        if node.op_type not in QDQ and nodes.get(node.name) != node.op_type:
             raise OnnxqError(f"the quantized model's node {node.name!r} ({node.op_type}) is "
                              "not in the FP32 model as onnxq prepares it: pass the FP32 model "
                              "it was quantized from (by this onnxq version)")

@@ -212,3 +212,20 @@ def test_a_transformer_reports_its_lookups_and_float_nodes(bert17, tmp_path):
         assert all(any(rule.matches_node(name, "Any") for name in names) for rule in rules)
     assert all(row["float_gain_db"] is None or row["float_gain_db"] > -3
                for row in report["rows"])  # a float node rarely makes the output worse
+
+
+def test_a_block_wise_weight_only_model_is_reported(bert17, tmp_path):
+    from onnxq.models import tiny_bert
+
+    quantized = tmp_path / "bert.b32.onnx"
+    quantize(bert17, quantized, None, QuantConfig.from_preset(
+        "fast", weights="int4", activations="none", bias_correction="none", block_size=32),
+        quiet=True)
+    feeds = tiny_bert.feeds("val", 16, 1)
+    report = build_report(load_model(bert17), load_model(quantized), feeds, batches=2)
+    blocked = [e for row in report["rows"] for e in row["inputs"]
+               if e["granularity"].startswith("blocks of 32")]
+    assert blocked and all(20 < e["sqnr_db"] < 30 for e in blocked)  # 4-bit: ~6 dB a bit
+    assert not any(e["kind"] == "activation" for row in report["rows"] for e in row["inputs"])
+    assert report["output_sqnr_db"] == pytest.approx(
+        compare(load_model(bert17), load_model(quantized), feeds).outputs[0].sqnr_db, abs=0.05)
