@@ -126,21 +126,24 @@ def _ms(value: float | None) -> str:
               default=Path("blocks-bench"), show_default=True)
 @click.option("--layers", type=int, default=4, show_default=True,
               help="Residual MLP blocks of the stack (1024 x 4096 each).")
-def main(work: Path, layers: int) -> None:
+@click.option("--models", default="stack,bert", show_default=True)
+def main(work: Path, layers: int, models: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     stack = matmul_stack.export(work / "stack.onnx", layers=layers)
     bert = tiny_bert.export(work / "bert.onnx", opset=17)
     print("| model | quantizer | block | MatMulNBits | SQNR level 0 (dB) | SQNR level 4 (dB) "
           "| ms, 1 token (BERT: 32) | ms, 128 tokens | quantize s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for line in rows_for(f"MLP stack ({layers} x 1024x4096)", stack,
-                         f"/layers.{layers - 1}/down/MatMul",
-                         matmul_stack.feeds(8, seed=1), matmul_stack.feeds(1, 1)[0],
-                         matmul_stack.feeds(1, 128)[0], work):
-        print(line, flush=True)
-    for line in rows_for("tiny BERT", bert, "/head/Gemm", tiny_bert.feeds("val", 32, 1),
-                         tiny_bert.feeds("val", 1, 2)[0], None, work):
-        print(line, flush=True)
+    if "stack" in models:
+        for line in rows_for(f"MLP stack ({layers} x 1024x4096)", stack,
+                             f"/layers.{layers - 1}/down/MatMul",
+                             matmul_stack.feeds(8, seed=1), matmul_stack.feeds(1, 1)[0],
+                             matmul_stack.feeds(1, 128)[0], work):
+            print(line, flush=True)
+    if "bert" in models:
+        for line in rows_for("tiny BERT", bert, "/head/Gemm", tiny_bert.feeds("val", 32, 1),
+                             tiny_bert.feeds("val", 1, 2)[0], None, work):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,32 @@ def mse_weight_ranges(w: np.ndarray, axis: int | None, qtype: QType, grid: int =
     return -best, best
 
 
+BLOCK_RATIOS = np.linspace(1.0, 0.5, 26)
+"""Shrink ratios the MSE search of block scales tries (1: the block's extreme on the grid)."""
+
+
+def signed_block_scales(w: np.ndarray, axis: int, block_size: int, qtype: QType,
+                        ratios: np.ndarray = BLOCK_RATIOS) -> np.ndarray:
+    """Symmetric per-block scales, each the least rounding error (MSE) in its block among
+    two starts shrunk by ``ratios``: the block's largest-magnitude value on the grid's
+    longer end (``qmin``: a negative scale where that value is positive; 8 int4 levels on
+    its side, as ORT's block quantizer does, clipping the other side at 7/8 of it) and on
+    ``qmax`` (no clipping).  In the qparams' shape."""
+    rows, shape = groups(w, axis, block_size)
+    extreme = rows[np.arange(len(rows)), np.abs(rows).argmax(axis=1)].astype(np.float64)
+    extreme = np.where(extreme == 0, 1.0, extreme)
+    starts = (extreme / qtype.qmin, np.abs(extreme) / qtype.qmax)
+    best_err, best = np.full(len(rows), np.inf), starts[0]
+    for start in starts:
+        for ratio in ratios:
+            scale = start * ratio
+            err = ((fake_quantize(rows, scale, np.zeros_like(scale, np.int64), qtype, 0)
+                    - rows) ** 2).sum(axis=1)
+            better = err < best_err
+            best_err, best = np.where(better, err, best_err), np.where(better, scale, best)
+    return ungroup(best, shape, axis, block_size).astype(np.float32)
+
+
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB."""
     noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))

@@ -9,7 +9,14 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.graph import model_values
-from onnxq.numerics.affine import QTYPES, channel_ranges, choose_qparams, mse_weight_ranges
+from onnxq.numerics.affine import (
+    BLOCK_RATIOS,
+    QTYPES,
+    channel_ranges,
+    choose_qparams,
+    mse_weight_ranges,
+    signed_block_scales,
+)
 from onnxq.numerics.observers import MinMaxObserver
 from onnxq.spec import QuantPlan
 
@@ -36,8 +43,13 @@ class QParams:
 def weight_qparams(w: np.ndarray, qtype: str, axis: int | None, observer: str,
                    block_size: int | None = None) -> QParams:
     """Symmetric qparams for a weight tensor: per tensor, per channel along ``axis``, or per
-    block of ``block_size`` along ``axis``."""
+    block of ``block_size`` along ``axis`` (``signed_block_scales``: ``minmax`` compares the
+    block's extreme on ``qmin`` and on ``qmax``, ``mse`` also shrinks them)."""
     grid = QTYPES[qtype]
+    if block_size and axis is not None:
+        scale = signed_block_scales(w, axis, block_size, grid,
+                                    BLOCK_RATIOS if observer == "mse" else np.ones(1))
+        return QParams(scale, np.zeros(scale.shape, np.int64), qtype, axis, block_size)
     if observer == "mse":
         lo, hi = mse_weight_ranges(w, axis, grid, block_size=block_size)
     else:
