@@ -94,22 +94,29 @@ class Annotator:
         rank = len(value.const_value.shape)
         if axis is not None and axis >= rank:
             axis = None
-        block, observer = None, self.config.weight_range_observer
-        four_bit = QTYPES[qtype].dtype.bitwidth == 4
-        if self.config.block_size and four_bit and node.op_type in LOOKUPS:
-            qtype = "int8"  # a 4-bit embedding table cost the tiny BERT 20 dB of output SQNR
-            self.rule(node, "lookup tables int8 beside block-wise weights")
-        elif self.config.block_size and four_bit and contraction_axis(node, rank) is not None:
-            if feeds_output(node):
-                qtype = "int8"
-                self.rule(node, "output head weights int8 per channel")
-            else:
-                axis, block = contraction_axis(node, rank), self.config.block_size
-                observer = block_observer(self.config)
-                self.rule(node, f"{node.op_type} weights in blocks of {block} along K")
-        self.plan.weights[value.name] = QuantSpec(qtype, True, axis, observer=observer,
-                                                  block_size=block)
+        spec = QuantSpec(qtype, True, axis, observer=self.config.weight_range_observer)
+        if self.config.block_size and spec.grid.dtype.bitwidth == 4:
+            spec = self._in_blocks(node, spec, rank)
+        self.plan.weights[value.name] = spec
         return True
+
+    def _in_blocks(self, node: ir.Node, spec: QuantSpec, rank: int) -> QuantSpec:
+        """``--block-size``: a 4-bit MatMul/Gemm weight in blocks along K, except the
+        output head's and lookup tables, which take int8 (a 4-bit embedding table cost the
+        tiny BERT 20 dB of output SQNR)."""
+        if node.op_type in LOOKUPS:
+            self.rule(node, "lookup tables int8 beside block-wise weights")
+            return dataclasses.replace(spec, qtype="int8")
+        axis = contraction_axis(node, rank)
+        if axis is None:
+            return spec
+        if feeds_output(node):
+            self.rule(node, "output head weights int8 per channel")
+            return dataclasses.replace(spec, qtype="int8")
+        block = self.config.block_size
+        self.rule(node, f"{node.op_type} weights in blocks of {block} along K")
+        return dataclasses.replace(spec, axis=axis, block_size=block,
+                                   observer=block_observer(self.config))
 
     def keep_float(self, node: ir.Node, reason: str) -> None:
         """Record why ``node`` stays in float."""
