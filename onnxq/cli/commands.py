@@ -331,6 +331,11 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
             raise OnnxqError("--report measures the model on data; with --calib none run "
                              "onnxq report FP32 QUANT --data PATH afterwards")
         paths = report_paths(report_out, Path(report_out).with_suffix(".json"))
+        inputs = [Path(p).absolute() for p in (model, overrides_path, plan_path) if p]
+        for path in paths.values():
+            if path.absolute() in inputs:
+                raise OnnxqError(f"--report would write {path}, which is an input of this "
+                                 "run; put the report in another folder")
     report = quantize_file(model, out, source, config, quiet=quiet, model=loaded, plan=plan,
                            plan_out=plan_out, pareto_out=pareto_out, ray=ray)
     checked = ("" if report.output_cosine is None or math.isnan(report.output_cosine)

@@ -189,6 +189,17 @@ def test_report_errors_are_one_line(outlier, tmp_path, small_cnn):
                           "is one of the models")
     assert_one_line_error(invoke("report", fp32, quantized, "--data", val, "-o",
                                  tmp_path / "missing" / "r.html"), "does not exist")
+    assert_one_line_error(invoke("report", fp32, quantized, "--data", val, "-o",
+                                 tmp_path / "r.html", "--pareto", tmp_path / "none.json"),
+                          "cannot read --pareto")
+    out = tmp_path / "q.onnx"
+    assert_one_line_error(invoke("quantize", fp32, "--calib", "none", "-o", out, "--report",
+                                 tmp_path / "q.html"), "--report measures the model on data")
+    rules = tmp_path / "overrides.toml"
+    rules.write_text('[[override]]\nop = "Conv"\nweights = "int8"\n')
+    assert_one_line_error(invoke("quantize", fp32, "--calib", val, "-o", out, "--overrides",
+                                 rules, "--report", tmp_path / "q.html"), "an input of this run")
+    assert rules.read_text().startswith("[[override]]") and not out.exists()
 
 
 def test_a_transformer_reports_its_lookups_and_float_nodes(bert17, tmp_path):
