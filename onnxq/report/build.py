@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnxq.emit.qdq import SHAPE_READERS
 from onnxq.errors import OnnxqError
+from onnxq.graph import values_by_name
 from onnxq.io.data import Feed
 from onnxq.io.tempfiles import TempDir
 from onnxq.plan.overrides import OverrideRule
@@ -19,7 +20,7 @@ from onnxq.report.measure import Energy, PairedStats, Spill, db, output_energy, 
 from onnxq.report.pairing import (
     Quantizer,
     Row,
-    float_twin,
+    float_names,
     prepared_reference,
     quantized_rows,
     stored_config,
@@ -39,10 +40,10 @@ def literal_glob(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _weight_sqnr(quantizer: Quantizer, row: Row, index: int, reference: ir.Model
+def _weight_sqnr(quantizer: Quantizer, row: Row, index: int, nodes: dict[str, ir.Node]
                  ) -> float | None:
-    """The dequantized weight (a lookup's table) against the reference's."""
-    nodes = {node.name: node for node in reference.graph}
+    """The dequantized weight (a lookup's table) against the reference's (``nodes``: its
+    nodes by name)."""
     if quantizer.kind == "lookup":
         gather = quantizer.dq.inputs[0].producer()
         float_value = nodes[gather.name].inputs[0] if gather.name in nodes else None
@@ -120,12 +121,14 @@ def _checked(quantized: ir.Model, reference: ir.Model, names: tuple[str, str]
     return rows, outputs
 
 
-def _row_outputs(reference: ir.Model, rows: list[Row]) -> dict[str, tuple[str, str]]:
+def _row_outputs(quantized: ir.Model, reference: ir.Model, rows: list[Row]
+                 ) -> dict[str, tuple[str, str]]:
     """Row node -> its float output's name in the quantized model and in the reference."""
+    renamed, values = float_names(quantized), values_by_name(reference.graph)
     found = {}
     for row in rows:
-        twin = float_twin(reference, row)
         out = row.node.outputs[0]
+        twin = values.get(renamed.get(out.name, out.name))
         if twin is not None and out.dtype in FLOAT_TYPES:
             found[row.node.name] = (out.name, twin.name)
     return found
@@ -142,7 +145,7 @@ def _culprit(row: Row, sqnr: float, fixes: list[tuple[Fix, float]]) -> dict:
 
 
 def _row_entry(row: Row, stats: PairedStats, only: float, without: float | None,
-               rules: list[str], reference: ir.Model) -> dict:
+               rules: list[str], nodes: dict[str, ir.Node]) -> dict:
     inputs = []
     for index, q in sorted(row.inputs.items()):
         entry = {"index": index, "tensor": q.tensor, "kind": q.kind, "qtype": q.qtype,
@@ -152,7 +155,7 @@ def _row_entry(row: Row, stats: PairedStats, only: float, without: float | None,
                       "zero_point": int(q.zero_point.reshape(-1)[0]),
                       **stats.ranges[q.dq.name].to_dict()}
         elif q.kind in ("weight", "lookup"):
-            entry["sqnr_db"] = _weight_sqnr(q, row, index, reference)
+            entry["sqnr_db"] = _weight_sqnr(q, row, index, nodes)
         inputs.append(entry)
     local = [e["local_sqnr_db"] for e in inputs if e.get("local_sqnr_db") is not None]
     weight = [e["sqnr_db"] for e in inputs if e.get("sqnr_db") is not None]
@@ -189,7 +192,8 @@ def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
         spill = Spill(folder)
         spill.fill(reference, data, batch_size, batches)
         stats = paired_pass(quantized, reference, activations,
-                            _row_outputs(reference, rows), outputs, spill, device, progress)
+                            _row_outputs(quantized, reference, rows), outputs, spill, device,
+                            progress)
         only = {row.node.name: output_energy(variants.only(row), outputs, spill, device).sqnr_db
                 for row in progress(rows, "report: only this layer quantized")}
         without = ({row.node.name: output_energy(variants.all_but(row), outputs, spill,
@@ -206,13 +210,14 @@ def build_report(fp32: ir.Model, quantized: ir.Model, data: Iterable[Feed], *,
             culprits.append(_culprit(row, only[row.node.name], measured))
             fixes += len(measured)
     decisions = stored.get("decisions", {})
+    nodes = {node.name: node for node in reference.graph}
     return {
         "format": REPORT_FORMAT, "fp32": names[0], "quantized": names[1],
         "target": config.get("target", {}).get("name"),
         "samples": spill.samples, "batches": spill.count,
         "output_sqnr_db": db(stats.output.sqnr_db),
         "rows": [_row_entry(row, stats, only[row.node.name], without.get(row.node.name),
-                            decisions.get(row.node.name, []), reference) for row in rows],
+                            decisions.get(row.node.name, []), nodes) for row in rows],
         "culprits": culprits,
         "float_nodes": stored.get("float_nodes", {}),
         "overrides": stored.get("overrides", []),

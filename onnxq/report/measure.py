@@ -53,11 +53,10 @@ class RangeStats:
 
     def __init__(self, quantizer: Quantizer):
         self.grid = QTYPES[quantizer.qtype]
-        scale = float(quantizer.scale.reshape(-1)[0])
-        zp = float(quantizer.zero_point.reshape(-1)[0])
-        self.scale, self.zero_point = quantizer.scale.reshape(-1)[:1], quantizer.zero_point
-        self.low, self.high = (self.grid.qmin - zp) * scale, (self.grid.qmax - zp) * scale
-        self.step = scale
+        self.step = float(quantizer.scale.reshape(-1)[0])
+        self.zero_point = int(quantizer.zero_point.reshape(-1)[0])
+        self.low = (self.grid.qmin - self.zero_point) * self.step
+        self.high = (self.grid.qmax - self.zero_point) * self.step
         width = max(self.high - self.low, 1e-12)
         self.edges = np.linspace(self.low - width / 4, self.high + width / 4, BINS + 1)
         self.counts = np.zeros(BINS, np.int64)
@@ -72,8 +71,7 @@ class RangeStats:
         """Fold in a batch of the quantizer's input (its Q/DQ output computed here, exactly
         as ONNX's QuantizeLinear/DequantizeLinear do)."""
         flat = pre.reshape(-1)
-        post = fake_quantize(flat, self.scale.reshape(()), self.zero_point.reshape(()),
-                             self.grid)
+        post = fake_quantize(flat, np.float32(self.step), np.int64(self.zero_point), self.grid)
         self.seen = [min(self.seen[0], float(flat.min())), max(self.seen[1], float(flat.max()))]
         half = self.step / 2
         self.clipped += int(np.count_nonzero((flat < self.low - half)

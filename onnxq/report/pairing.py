@@ -13,7 +13,6 @@ import onnx_ir as ir
 from onnxq.config import QuantConfig
 from onnxq.emit.qdq import TENSOR_KEY
 from onnxq.errors import OnnxqError
-from onnxq.graph import values_by_name
 from onnxq.numerics.affine import dequantize
 from onnxq.prepare.stage import normalize, prepare, run_passes
 from onnxq.prepare.static_shapes import FixInputShapesPass, dynamic_inputs
@@ -155,11 +154,17 @@ def _quantizer(dq: ir.Node, renamed: dict[str, str]) -> Quantizer | None:
     return None
 
 
+def float_names(model: ir.Model) -> dict[str, str]:
+    """A quantized graph output's float tensor (renamed by emission, its name handed to
+    the DequantizeLinear) -> the name the FP32 model gives it."""
+    return {node.inputs[0].name: node.metadata_props[TENSOR_KEY] for node in model.graph
+            if node.op_type == "QuantizeLinear" and TENSOR_KEY in node.metadata_props}
+
+
 def quantized_rows(model: ir.Model) -> list[Row]:
     """The main graph's nodes that read a DequantizeLinear output, in graph order (nodes
     inside If/Loop/Scan bodies are not rows)."""
-    renamed = {node.inputs[0].name: node.metadata_props[TENSOR_KEY] for node in model.graph
-               if node.op_type == "QuantizeLinear" and TENSOR_KEY in node.metadata_props}
+    renamed = float_names(model)
     quantizers = {}
     for node in model.graph:
         if node.op_type == "DequantizeLinear":
@@ -175,12 +180,3 @@ def quantized_rows(model: ir.Model) -> list[Row]:
         if inputs:
             rows.append(Row(node, depth, inputs))
     return rows
-
-
-def float_twin(reference: ir.Model, row: Row) -> ir.Value | None:
-    """The FP32 reference's counterpart of ``row``'s node output (None if it has none)."""
-    values = values_by_name(reference.graph)
-    out = row.node.outputs[0]
-    q = next((user for user, _ in out.uses() if user.op_type == "QuantizeLinear"
-              and TENSOR_KEY in user.metadata_props), None)
-    return values.get(q.metadata_props[TENSOR_KEY] if q is not None else out.name)

@@ -8,12 +8,11 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.emit.qdq import TENSOR_KEY
 from onnxq.graph import FreshNames, values_by_name
 from onnxq.numerics.affine import QTYPES, WIDE, fake_quantize
 from onnxq.ops import LAYERS
 from onnxq.plan.qparams import weight_qparams
-from onnxq.report.pairing import QDQ, Quantizer, Row
+from onnxq.report.pairing import QDQ, Quantizer, Row, float_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +44,7 @@ class Variants:
     def __init__(self, quantized: ir.Model, reference: ir.Model):
         self.quantized = quantized
         self.reference = reference
-        self.renamed = {node.inputs[0].name: node.metadata_props[TENSOR_KEY]
-                        for node in quantized.graph
-                        if node.op_type == "QuantizeLinear" and TENSOR_KEY in node.metadata_props}
+        self.renamed = float_names(quantized)
 
     def only(self, row: Row, fix: Fix | None = None) -> ir.Model:
         """The reference with ``row``'s node reading its quantized inputs (and the
