@@ -1,7 +1,8 @@
-"""Block-wise int4 weights, weight-only, on ORT CPU: onnxq (round-to-nearest with MSE block
-scales, and data-free per-block pre-calibration) against ORT's MatMulNBitsQuantizer
+"""Block-wise 4-bit weights, weight-only, on ORT CPU: onnxq (int4 and uint4 with zero
+points; round-to-nearest and mean-preserving rounding) against ORT's MatMulNBitsQuantizer
 (DEFAULT in QDQ, HQQ in QOperator) at blocks of 32 and 128, on a residual MLP stack of
-transformer size (``onnxq.models.matmul_stack``) and the tiny BERT.  Per row: MatMulNBits
+transformer size (``onnxq.models.matmul_stack``), the tiny BERT, and the tiny BERT at HQQ's
+coverage (its attention Gemms and embedding tables float, as HQQ leaves them).  Per row: MatMulNBits
 in ORT's optimized graph against weight MatMuls, output SQNR against FP32 at ORT's
 accuracy levels 0 and 4, latency (one thread) for 1 and 128 tokens (the tiny BERT: its
 32-token input), quantization seconds.
@@ -69,17 +70,20 @@ def ort_quantize(fp32: Path, out: Path, algo: str, block: int) -> None:
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
-def onnxq_quantize(fp32: Path, out: Path, block: int, head: str, precalibrate: bool) -> None:
-    """Weight-only blocks, the head at 4 bits too (as ORT's tool quantizes every MatMul)."""
-    rules = parse_overrides(f'[[override]]\nnode = "{head}"\nweights = "int4"\n'
+def onnxq_quantize(fp32: Path, out: Path, block: int, head: str, weights: str,
+                   precalibrate: bool, exclude: tuple[str, ...]) -> None:
+    """Weight-only blocks, the head at 4 bits too (as ORT's tool quantizes every MatMul);
+    ``precalibrate``: mean-preserving rounding in every block."""
+    rules = parse_overrides(f'[[override]]\nnode = "{head}"\nweights = "{weights}"\n'
                             'granularity = "per-block"\n', "head.toml")
     quantize(fp32, out, None, QuantConfig.from_preset(
-        "fast", weights="int4", activations="none", bias_correction="none", block_size=block,
-        precalibrate=precalibrate, overrides=rules), quiet=True)
+        "fast", weights=weights, activations="none", bias_correction="none",
+        block_size=block, precalibrate=precalibrate, overrides=rules, exclude=exclude),
+        quiet=True)
 
 
 def rows_for(name: str, fp32: Path, head: str, feeds: list[dict], one: dict,
-             many: dict | None, work: Path) -> list[str]:
+             many: dict | None, work: Path, exclude: tuple[str, ...] = ()) -> list[str]:
     reference = [session(fp32).run(None, f)[0] for f in feeds]
     weight_matmuls = sum(n.op_type in ("MatMul", "Gemm") and any(
         i in {t.name for t in onnx.load(fp32).graph.initializer} for i in n.input)
@@ -90,14 +94,16 @@ def rows_for(name: str, fp32: Path, head: str, feeds: list[dict], one: dict,
              f"{fp32_times[0]:.2f} | {_ms(fp32_times[1])} | - |")]
     for block in (32, 128):
         candidates = {
-            "onnxq nearest": lambda out, b=block: onnxq_quantize(fp32, out, b, head, False),
-            "onnxq pre-calibrated": lambda out, b=block: onnxq_quantize(fp32, out, b, head,
-                                                                        True),
+            f"onnxq {weights} {rounding}": lambda out, b=block, w=weights, r=rounding:
+                onnxq_quantize(fp32, out, b, head, w, r == "mean-preserving", exclude)
+            for weights in ("int4", "uint4") for rounding in ("nearest", "mean-preserving")}
+        candidates |= {
             "ORT DEFAULT (QDQ)": lambda out, b=block: ort_quantize(fp32, out, "DEFAULT", b),
             "ORT HQQ (QOperator)": lambda out, b=block: ort_quantize(fp32, out, "HQQ", b),
         }
         for label, make in candidates.items():
-            out = work / f"{fp32.stem}.{label.split()[0]}{label.split()[1]}.b{block}.onnx"
+            tag = "".join(label.split()[:3]).replace("(", "").replace(")", "")
+            out = work / f"{fp32.stem}{'.cover' if exclude else ''}.{tag}.b{block}.onnx"
             began = time.perf_counter()
             try:
                 make(out)
@@ -126,7 +132,7 @@ def _ms(value: float | None) -> str:
               default=Path("blocks-bench"), show_default=True)
 @click.option("--layers", type=int, default=4, show_default=True,
               help="Residual MLP blocks of the stack (1024 x 4096 each).")
-@click.option("--models", default="stack,bert", show_default=True)
+@click.option("--models", default="stack,bert,bert-hqq-coverage", show_default=True)
 def main(work: Path, layers: int, models: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     stack = matmul_stack.export(work / "stack.onnx", layers=layers)
@@ -134,15 +140,20 @@ def main(work: Path, layers: int, models: str) -> None:
     print("| model | quantizer | block | MatMulNBits | SQNR level 0 (dB) | SQNR level 4 (dB) "
           "| ms, 1 token (BERT: 32) | ms, 128 tokens | quantize s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    if "stack" in models:
+    selected = models.split(",")
+    if "stack" in selected:
         for line in rows_for(f"MLP stack ({layers} x 1024x4096)", stack,
                              f"/layers.{layers - 1}/down/MatMul",
                              matmul_stack.feeds(8, seed=1), matmul_stack.feeds(1, 1)[0],
                              matmul_stack.feeds(1, 128)[0], work):
             print(line, flush=True)
-    if "bert" in models:
-        for line in rows_for("tiny BERT", bert, "/head/Gemm", tiny_bert.feeds("val", 32, 1),
-                             tiny_bert.feeds("val", 1, 2)[0], None, work):
+    for key, label, exclude in (("bert", "tiny BERT", ()),
+                                ("bert-hqq-coverage", "tiny BERT, HQQ's coverage",
+                                 ("Gemm", "Gather"))):
+        if key not in selected:
+            continue
+        for line in rows_for(label, bert, "/head/Gemm", tiny_bert.feeds("val", 32, 1),
+                             tiny_bert.feeds("val", 1, 2)[0], None, work, exclude):
             print(line, flush=True)
 
 

@@ -13,7 +13,7 @@ from onnxq.numerics.observers import OBSERVERS
 from onnxq.plan.overrides import OverrideRule
 from onnxq.targets.profile import INT4_STORAGE, TargetProfile, load_target
 
-WEIGHT_TYPES = ("int8", "int4")
+WEIGHT_TYPES = ("int8", "int4", "uint4")
 BLOCKED_OPSET = 21
 """The first opset whose DequantizeLinear takes ``block_size``."""
 MIN_BLOCK = 16
@@ -177,6 +177,9 @@ class QuantConfig:
     def _check_blocks(self) -> None:
         """Refuse a block size ORT does not fuse, or flags blocks do not work with yet."""
         size = self.block_size
+        if size is None and self.weights == "uint4":
+            raise OnnxqError("--weights uint4 stores MatMul weights in blocks with zero points; "
+                             "add --block-size 32 (or use --weights int4)")
         if size is None:
             return
         if size < MIN_BLOCK or size & (size - 1):

@@ -206,6 +206,62 @@ def signed_block_scales(w: np.ndarray, axis: int, block_size: int, qtype: QType,
     return ungroup(best, shape, axis, block_size).astype(np.float32)
 
 
+AFFINE_FITS = 4
+"""Least-squares refits of each block's scale and zero point (gains stop after about 4)."""
+
+
+def affine_block_qparams(w: np.ndarray, axis: int, block_size: int, qtype: QType,
+                         fits: int = AFFINE_FITS) -> tuple[np.ndarray, np.ndarray]:
+    """Asymmetric per-block scales and integer zero points (unsigned grids): the block's
+    min-max, then ``fits`` rounds of refitting the step and offset that best map the rounded
+    integers onto the block (least squares; the offset rounded to an integer zero point),
+    each block keeping its least rounding error.  In the qparams' shape."""
+    rows, shape = groups(w, axis, block_size)
+    rows = rows.astype(np.float64)
+    lo, hi = np.minimum(rows.min(axis=1), 0.0), np.maximum(rows.max(axis=1), 0.0)
+    levels = qtype.qmax - qtype.qmin
+    scale = np.where(hi > lo, (hi - lo) / levels, 1.0)
+    zero = np.clip(np.round(qtype.qmin - lo / scale), qtype.qmin, qtype.qmax)
+
+    def fit(scale: np.ndarray, zero: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.clip(np.round(rows / scale[:, None]) + zero[:, None], qtype.qmin, qtype.qmax)
+        return q, (((q - zero[:, None]) * scale[:, None] - rows) ** 2).sum(axis=1)
+
+    q, best_err = fit(scale, zero)
+    best_scale, best_zero = scale, zero
+    for _ in range(fits):
+        shifted = q - zero[:, None]
+        norm = (shifted * shifted).sum(axis=1)
+        refit = (shifted * rows).sum(axis=1) / np.where(norm > 0, norm, 1.0)
+        scale = np.where((norm > 0) & (refit > 0), refit, scale)
+        offset = (rows - scale[:, None] * q).mean(axis=1)
+        zero = np.clip(np.round(-offset / scale), qtype.qmin, qtype.qmax)
+        q, err = fit(scale, zero)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale, best_scale)
+        best_zero = np.where(better, zero, best_zero)
+    return (ungroup(best_scale, shape, axis, block_size).astype(np.float32),
+            ungroup(best_zero, shape, axis, block_size).astype(np.int64))
+
+
+def mean_preserving_round(rows: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+                          qtype: QType) -> np.ndarray:
+    """Integers of ``rows`` (one scale and zero point per row): round-to-nearest, then the
+    weights nearest the rounding boundary flipped the other way until each row's sum of
+    rounding errors is at most half a step (the row's sum, so its mean, is kept)."""
+    x = rows / scale[:, None]
+    q = np.clip(np.round(x) + zero_point[:, None], qtype.qmin, qtype.qmax)
+    error = q - zero_point[:, None] - x
+    flips = np.floor(np.abs(error.sum(axis=1)) + 0.5)
+    down = error.sum(axis=1) > 0
+    cost = np.where(down[:, None], np.where(q > qtype.qmin, -error, np.inf),
+                    np.where(q < qtype.qmax, error, np.inf))
+    rank = np.argsort(np.argsort(cost, axis=1, kind="stable"), axis=1, kind="stable")
+    flip = (rank < flips[:, None]) & np.isfinite(cost)
+    return q - np.where(down, 1, -1)[:, None] * flip
+
+
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB."""
     noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))

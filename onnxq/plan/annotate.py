@@ -97,8 +97,18 @@ class Annotator:
         spec = QuantSpec(qtype, True, axis, observer=self.config.weight_range_observer)
         if self.config.block_size and spec.grid.dtype.bitwidth == 4:
             spec = self._in_blocks(node, spec, rank)
-        self.plan.weights[value.name] = spec
+        self.plan.weights[value.name] = self.zero_points_in_blocks(node, spec)
         return True
+
+    def zero_points_in_blocks(self, node: ir.Node, spec: QuantSpec) -> QuantSpec:
+        """An unsigned 4-bit weight is asymmetric (zero points) in blocks, and int4 per
+        channel elsewhere (its grid with no zero points: what 8-bit kernels take)."""
+        if spec.qtype != "uint4":
+            return spec
+        if spec.block_size:
+            return dataclasses.replace(spec, symmetric=False)
+        self.rule(node, "uint4 zero points only in blocks: other 4-bit weights int4")
+        return dataclasses.replace(spec, qtype="int4", symmetric=True)
 
     def _in_blocks(self, node: ir.Node, spec: QuantSpec, rank: int) -> QuantSpec:
         """``--block-size``: a 4-bit MatMul/Gemm weight in blocks along K, except the
@@ -355,7 +365,8 @@ def _override(a: Annotator, graphs: list[ir.Graph], rule: OverrideRule) -> None:
             spec = dataclasses.replace(spec, axis=LAYERS[node.op_type].weight_axis(node, rank),
                                        block_size=None)
         if rule.weights is not None or rule.granularity is not None:
-            plan.weights[name] = spec  # the same type still counts: it pins the weight
+            plan.weights[name] = a.zero_points_in_blocks(node, dataclasses.replace(
+                spec, symmetric=True))  # the same type still counts: it pins the weight
             changed.append(node)
     if rule.activations is not None:
         groups = plan.groups()

@@ -12,6 +12,7 @@ from onnxq.graph import model_values
 from onnxq.numerics.affine import (
     BLOCK_RATIOS,
     QTYPES,
+    affine_block_qparams,
     channel_ranges,
     choose_qparams,
     mse_weight_ranges,
@@ -42,10 +43,14 @@ class QParams:
 
 def weight_qparams(w: np.ndarray, qtype: str, axis: int | None, observer: str,
                    block_size: int | None = None) -> QParams:
-    """Symmetric qparams for a weight tensor: per tensor, per channel along ``axis``, or per
+    """Qparams for a weight tensor: symmetric per tensor, per channel along ``axis``, or per
     block of ``block_size`` along ``axis`` (``signed_block_scales``: ``minmax`` compares the
-    block's extreme on ``qmin`` and on ``qmax``, ``mse`` also shrinks them)."""
+    block's extreme on ``qmin`` and on ``qmax``, ``mse`` also shrinks them); unsigned blocks
+    take least-squares fitted scales and zero points (``affine_block_qparams``)."""
     grid = QTYPES[qtype]
+    if block_size and axis is not None and not grid.signed:
+        return QParams(*affine_block_qparams(w, axis, block_size, grid), qtype, axis,
+                       block_size)
     if block_size and axis is not None:
         scale = signed_block_scales(w, axis, block_size, grid,
                                     BLOCK_RATIOS if observer == "mse" else np.ones(1))

@@ -7,7 +7,15 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.numerics.affine import QTYPES, QType, choose_qparams, from_groups, groups, ungroup
+from onnxq.numerics.affine import (
+    QTYPES,
+    QType,
+    choose_qparams,
+    from_groups,
+    groups,
+    mean_preserving_round,
+    ungroup,
+)
 from onnxq.plan.qparams import QParams
 from onnxq.spec import QuantPlan
 
@@ -53,34 +61,16 @@ def kl_scales(rows: np.ndarray, grid: QType) -> np.ndarray:
     return best.astype(np.float32)
 
 
-def mean_preserving_round(rows: np.ndarray, scale: np.ndarray, grid: QType) -> np.ndarray:
-    """Round-to-nearest, then flip the weights nearest the rounding boundary until each row's
-    sum of rounding errors is below half a step (the row's mean is kept)."""
-    x = rows / scale[:, None]
-    q = np.clip(np.round(x), grid.qmin, grid.qmax)
-    for i in range(rows.shape[0]):
-        error = float((q[i] - x[i]).sum())
-        flips = int(np.floor(abs(error) + 0.5))
-        if flips == 0:
-            continue
-        direction = -np.sign(error)
-        candidate = q[i] + direction
-        allowed = (candidate >= grid.qmin) & (candidate <= grid.qmax)
-        cost = np.where(allowed, np.abs(candidate - x[i]), np.inf)
-        order = np.argsort(cost)[:flips]
-        order = order[np.isfinite(cost[order])]
-        q[i, order] = candidate[order]
-    return q
-
-
 class PreCalibrateWeightsPass(ir.passes.InPlacePass):
     """Data-free weight pre-calibration after AdpQ (arXiv 2501.09107): keep the distribution.
 
     Changes: for every planned weight, the per-channel scale becomes the clipping whose
     quantized histogram is closest (KL divergence) to the weights' own, written into
-    ``weight_qparams``; the weight initializer is replaced by its grid values, rounded to
-    nearest and then flipped at the weights nearest the rounding boundary so every output
-    channel keeps its sum (mean).  Needs no calibration data.
+    ``weight_qparams`` (block-wise weights keep their resolved scales and zero points: a
+    block of 32-128 weights has too few for a histogram); the weight initializer is replaced
+    by its grid values, rounded to nearest and then flipped at the weights nearest the
+    rounding boundary so every channel or block keeps its sum (mean).  Needs no calibration
+    data.
     """
 
     def __init__(self, plan: QuantPlan, weight_qparams: dict[str, QParams]):
@@ -93,14 +83,20 @@ class PreCalibrateWeightsPass(ir.passes.InPlacePass):
         for name, spec in self.plan.weights.items():
             w = initializers[name].const_value.numpy().astype(np.float64)
             grid = QTYPES[spec.qtype]
-            rows, shape = groups(w, spec.axis, spec.block_size)
-            scale = kl_scales(rows, grid)
-            q = mean_preserving_round(rows, scale.astype(np.float64), grid)
-            values = from_groups(q * scale[:, None], w.shape, spec.axis, spec.block_size)
-            initializers[name].const_value = ir.tensor(values.astype(np.float32), name=name)
             old = self.weight_qparams[name]
+            rows, shape = groups(w, spec.axis, spec.block_size)
+            if spec.block_size:  # per-block qparams as one value per row of ``groups``
+                scale = groups(old.scale, spec.axis, 1)[0].reshape(-1).astype(np.float64)
+                zero = groups(old.zero_point, spec.axis, 1)[0].reshape(-1)
+            else:
+                scale = kl_scales(rows, grid).astype(np.float64)
+                zero = np.zeros(len(rows), np.int64)
+            q = mean_preserving_round(rows, scale, zero, grid)
+            values = from_groups((q - zero[:, None]) * scale[:, None], w.shape, spec.axis,
+                                 spec.block_size)
+            initializers[name].const_value = ir.tensor(values.astype(np.float32), name=name)
             self.weight_qparams[name] = QParams(
-                ungroup(scale, shape, spec.axis, spec.block_size), old.zero_point, old.qtype,
-                old.axis, old.block_size)
+                ungroup(scale.astype(np.float32), shape, spec.axis, spec.block_size),
+                old.zero_point, old.qtype, old.axis, old.block_size)
         logger.info("pre-calibrated %d weights", len(self.plan.weights))
         return ir.passes.PassResult(model, bool(self.plan.weights))

@@ -22,8 +22,8 @@ from onnxq.numerics.affine import from_groups, groups
 from onnxq.prepare.untranspose_gemm_weights import UntransposeGemmWeightsPass
 
 
-def _weight_only(block_size=None, **flags) -> QuantConfig:
-    return QuantConfig.from_preset("fast", weights="int4", activations="none",
+def _weight_only(block_size=None, weights="int4", **flags) -> QuantConfig:
+    return QuantConfig.from_preset("fast", weights=weights, activations="none",
                                    bias_correction="none", block_size=block_size, **flags)
 
 
@@ -124,6 +124,9 @@ def test_an_override_blocks_one_matmul(bert17, tmp_path):
     (("--block-size", "24", "--weights", "int4"), "power of two of at least 16"),
     (("--block-size", "8", "--weights", "int4"), "power of two of at least 16"),
     (("--block-size", "32"), "add --weights int4"),
+    (("--weights", "uint4"), "add --block-size 32"),
+    (("--weights", "uint4", "--block-size", "32", "--target", "qnn-htp"),
+     "does not run uint4 weights"),
     (("--block-size", "32", "--weights", "int4", "--target", "qnn-htp"),
      "does not run blocked weights"),
 ])
@@ -161,3 +164,67 @@ def test_the_fusion_status_matches_what_ort_fuses(tmp_path, rank):
         assert {"ORT fuses the Gemm with its Relu (FusedGemm) first",
                 "ORT turns a 2-D MatMul and its Add into a Gemm first (3-D inputs are fused)"
                 } == set(status.values())
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory):
+    from onnxq.models import matmul_stack
+
+    path = matmul_stack.export(tmp_path_factory.mktemp("stack") / "stack.onnx", layers=2,
+                               hidden=256, ffn=1024)
+    return path, matmul_stack.feeds(4, tokens=32, hidden=256, seed=1)
+
+
+def test_uint4_blocks_carry_zero_points_fuse_and_beat_int4(small_stack, tmp_path):
+    fp32, feeds = small_stack
+    sqnr = {}
+    for weights in ("int4", "uint4"):
+        for precalibrate in (False, True):
+            out = tmp_path / f"{weights}{precalibrate}.onnx"
+            quantize(fp32, out, None, _weight_only(32, weights, precalibrate=precalibrate),
+                     quiet=True)
+            sqnr[weights, precalibrate] = _sqnr(fp32, out, feeds)
+    assert Counter(optimized_op_types(out))["MatMulNBits"] == 4
+    dq = next(n for n in ir.load(out).graph if n.op_type == "DequantizeLinear"
+              and n.attributes.get_int("block_size", 0))
+    k, n = dq.inputs[0].shape
+    assert dq.inputs[0].dtype == dq.inputs[2].dtype == ir.DataType.UINT4
+    assert dq.inputs[2].const_value.shape == (k // 32, n)
+    assert len(np.unique(dq.inputs[2].const_value.numpy())) > 1  # fitted, not centred
+    assert sqnr["uint4", False] > sqnr["int4", False] + 0.5, sqnr
+    for weights in ("int4", "uint4"):  # mean-preserving rounding in each block helps
+        assert sqnr[weights, True] > sqnr[weights, False] + 0.2, sqnr
+
+
+def test_fitted_block_zero_points_round_better_than_min_max():
+    from onnxq.numerics.affine import (
+        QTYPES,
+        affine_block_qparams,
+        channel_ranges,
+        choose_qparams,
+        fake_quantize,
+    )
+
+    grid = QTYPES["uint4"]
+    w = np.random.default_rng(0).standard_normal((256, 48)).astype(np.float32)
+
+    def errors(scale, zero):
+        return ((fake_quantize(w, scale, zero, grid, 0, 32) - w) ** 2).reshape(8, 32, 48).sum(1)
+
+    before = errors(*choose_qparams(*channel_ranges(w, 0, 32), grid, symmetric=False))
+    after = errors(*affine_block_qparams(w, 0, 32, grid))
+    assert np.all(after <= before * (1 + 1e-6))
+    assert after.sum() < 0.95 * before.sum()  # about 0.3 dB
+
+
+def test_mean_preserving_rounding_keeps_block_sums_with_zero_points():
+    from onnxq.numerics.affine import QTYPES, mean_preserving_round
+
+    grid = QTYPES["uint4"]
+    rows = np.random.default_rng(1).standard_normal((64, 32))
+    scale = (rows.max(axis=1) - rows.min(axis=1)) / 15
+    zero = np.clip(np.round(-rows.min(axis=1) / scale), 0, 15).astype(np.int64)
+    q = mean_preserving_round(rows, scale, zero, grid)
+    assert q.min() >= 0 and q.max() <= 15
+    residual = ((q - zero[:, None]) * scale[:, None] - rows).sum(axis=1) / scale
+    assert np.all(np.abs(residual) <= 0.5 + 1e-9)

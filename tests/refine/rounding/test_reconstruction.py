@@ -170,13 +170,13 @@ def test_block_with_unknown_op_falls_back_to_nearest_with_a_note(tmp_path):
 
 
 def test_mean_preserving_rounding_keeps_channel_sums():
-    from onnxq.numerics.affine import QTYPES
-    from onnxq.refine.precalibrate import kl_scales, mean_preserving_round
+    from onnxq.numerics.affine import QTYPES, mean_preserving_round
+    from onnxq.refine.precalibrate import kl_scales
 
     grid = QTYPES["int4"]
     rows = np.random.default_rng(0).standard_normal((6, 200)) * np.arange(1, 7)[:, None]
     scale = kl_scales(rows, grid).astype(np.float64)
-    q = mean_preserving_round(rows, scale, grid)
+    q = mean_preserving_round(rows, scale, np.zeros(len(rows), np.int64), grid)
     nearest = np.clip(np.round(rows / scale[:, None]), grid.qmin, grid.qmax)
     assert np.all(np.abs((q - rows / scale[:, None]).sum(axis=1)) <= 0.5 + 1e-9)
     assert np.abs(q - nearest).sum() > 0 and np.abs(q - nearest).max() == 1
