@@ -177,10 +177,10 @@ class QuantConfig:
     def _check_blocks(self) -> None:
         """Refuse a block size ORT does not fuse, or flags blocks do not work with yet."""
         size = self.block_size
-        if size is None and self.weights == "uint4":
-            raise OnnxqError("--weights uint4 stores MatMul weights in blocks with zero points; "
-                             "add --block-size 32 (or use --weights int4)")
         if size is None:
+            if self.weights == "uint4":
+                raise OnnxqError("--weights uint4 stores MatMul weights in blocks with zero "
+                                 "points; add --block-size 32 (or use --weights int4)")
             return
         if size < MIN_BLOCK or size & (size - 1):
             raise OnnxqError(f"--block-size must be a power of two of at least {MIN_BLOCK} "

@@ -187,7 +187,7 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--target-file", type=click.Path(dir_okay=False), default=None,
               help="TOML file whose entries override the --target profile's.")
 @click.option("--weights", type=click.Choice(WEIGHT_TYPES), default=None,
-              help="Weight type (default: the target's, int8).")
+              help="Weight type (default: the target's, int8); uint4 only with --block-size.")
 @click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default=None,
               help="Activation type (default: the target's: uint8, int8 for tensorrt/ort-gpu).")
 @click.option("--int4-storage", type=click.Choice(INT4_STORAGE), default=None,

@@ -218,10 +218,8 @@ def affine_block_qparams(w: np.ndarray, axis: int, block_size: int, qtype: QType
     each block keeping its least rounding error.  In the qparams' shape."""
     rows, shape = groups(w, axis, block_size)
     rows = rows.astype(np.float64)
-    lo, hi = np.minimum(rows.min(axis=1), 0.0), np.maximum(rows.max(axis=1), 0.0)
-    levels = qtype.qmax - qtype.qmin
-    scale = np.where(hi > lo, (hi - lo) / levels, 1.0)
-    zero = np.clip(np.round(qtype.qmin - lo / scale), qtype.qmin, qtype.qmax)
+    scale, zero = choose_qparams(rows.min(axis=1), rows.max(axis=1), qtype, symmetric=False)
+    scale = scale.astype(np.float64)
 
     def fit(scale: np.ndarray, zero: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q = np.clip(np.round(rows / scale[:, None]) + zero[:, None], qtype.qmin, qtype.qmax)
@@ -253,8 +251,8 @@ def mean_preserving_round(rows: np.ndarray, scale: np.ndarray, zero_point: np.nd
     x = rows / scale[:, None]
     q = np.clip(np.round(x) + zero_point[:, None], qtype.qmin, qtype.qmax)
     error = q - zero_point[:, None] - x
-    flips = np.floor(np.abs(error.sum(axis=1)) + 0.5)
-    down = error.sum(axis=1) > 0
+    total = error.sum(axis=1)
+    flips, down = np.floor(np.abs(total) + 0.5), total > 0
     cost = np.where(down[:, None], np.where(q > qtype.qmin, -error, np.inf),
                     np.where(q < qtype.qmax, error, np.inf))
     rank = np.argsort(np.argsort(cost, axis=1, kind="stable"), axis=1, kind="stable")
