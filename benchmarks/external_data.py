@@ -80,8 +80,10 @@ def main(gb: float) -> None:
             got = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
             cos = float(ref.ravel() @ got.ravel() / np.linalg.norm(ref) / np.linalg.norm(got))
             click.echo(f"| {where} | {code} | {seconds:.1f} | {peak:.0f} | "
-                       f"{out.stat().st_size / 1e6:.0f} | {cos:.4f} |")
-            out.unlink()
+                       f"{sum(p.stat().st_size for p in tmp.glob(out.name + '*')) / 1e6:.0f} | "
+                       f"{cos:.4f} |")
+            for path in tmp.glob(out.name + "*"):  # the model and its .data
+                path.unlink()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from onnxq.analysis.output_check import check_written
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.io.data import Limited, model_inputs, random_feed
-from onnxq.io.model_io import check_output_folder, load_model, save_model
+from onnxq.io.model_io import check_output_folder, external_folder, load_model, save_model
 from onnxq.io.tempfiles import remove_stale
 from onnxq.pipeline import QuantReport, check_reiterable, quantize_model
 from onnxq.progress import Progress
@@ -97,6 +97,7 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
     check_reiterable(calibration, config)
     if model is None:
         model = load_model(model_path)
+    external = external_folder(model) is not None  # external data in, external data out
     total = len(calibration) if hasattr(calibration, "__len__") else config.samples
     if config.samples is not None and total is not None:
         total = min(total, config.samples)
@@ -112,7 +113,7 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
         report.output_cosine = check_written(model_path, written, feed, config.min_cosine,
                                              config.device, random=data is None)
 
-    save_model(model, output_path, verify)
+    save_model(model, output_path, verify, external)
     if "--plan-out" in sides:
         _write_side_output(output_path, sides["--plan-out"], report.plan, "--plan-out")
     if "--pareto" in sides:

@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnxq.errors import OnnxqError
+from onnxq.io.pieces import WHOLE_BYTES, run_in_pieces, weight_nbytes
 from onnxq.io.runtime import open_session, run
 
 FUSED_FLOOR = 0.99
@@ -25,9 +27,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if norms == 0 and not np.any(a - b) else float(a @ b / max(norms, 1e-300))
 
 
-def _outputs(source: str, feed: Mapping[str, np.ndarray], device: str,
+def _outputs(source: Path, feed: Mapping[str, np.ndarray], device: str,
              optimize: bool = True) -> dict[str, np.ndarray]:
-    session = open_session(source, device, optimize=optimize)
+    """The model's outputs on ``feed``; a model over ``WHOLE_BYTES`` of weights runs a piece
+    at a time (the check then holds one piece's weights, not the model's)."""
+    if weight_nbytes(onnx.load(str(source), load_external_data=False).graph) > WHOLE_BYTES:
+        return run_in_pieces(source, feed, device, optimize)
+    session = open_session(str(source), device, optimize=optimize)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, run(session, names, dict(feed)), strict=True))
 
@@ -39,15 +45,15 @@ def check_written(fp32_path: Path, written: Path, feed: Mapping[str, np.ndarray]
     With a ``random`` feed (no calibration data), a reference that cannot run it skips
     the comparison with a warning."""
     try:
-        reference = _outputs(str(fp32_path), feed, device)
+        reference = _outputs(fp32_path, feed, device)
     except OnnxqError:
         if not random:
             raise
         warnings.warn("the written model was not compared with FP32: the model does not run "
                       "on a random sample (no calibration data)", stacklevel=2)
         return float("nan")
-    fused = _outputs(str(written), feed, device)
-    plain = _outputs(str(written), feed, device, optimize=False)
+    fused = _outputs(written, feed, device)
+    plain = _outputs(written, feed, device, optimize=False)
     worst = 1.0
     for name, ref in reference.items():
         got = fused[name]

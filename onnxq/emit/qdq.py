@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.graph import FreshNames, model_values
-from onnxq.numerics.affine import QTYPES, quantize
+from onnxq.numerics.affine import QTYPES, QType, quantize
 from onnxq.plan.qparams import QParams
 from onnxq.spec import QuantPlan
 
@@ -43,6 +43,16 @@ def activation_readouts(model: ir.Model) -> dict[str, tuple[str, bool]]:
         found[name] = ((dequantize.outputs[0].name, False) if node.outputs[0].dtype in PACKED
                        else (node.outputs[0].name, True))
     return found
+
+
+def _integer_tensor(q: np.ndarray, container: QType, name: str) -> ir.TensorProtocol:
+    """Integers ``q`` as a ``container`` tensor; 4-bit ones held packed, two to a byte (the
+    int4 weights of a large model take the memory they take on disk)."""
+    tensor = ir.tensor(q.astype(container.numpy_dtype), dtype=container.dtype, name=name)
+    if container.dtype.bitwidth != 4:
+        return tensor
+    return ir.PackedTensor(np.frombuffer(tensor.tobytes(), np.uint8), container.dtype,
+                           shape=tensor.shape, name=name)
 
 
 class EmitQDQPass(ir.passes.InPlacePass):
@@ -158,8 +168,7 @@ class EmitQDQPass(ir.passes.InPlacePass):
                      params.block_size)
         name = value.name
         q_name = self.names(f"{name}_quantized")
-        q_value = ir.Value(name=q_name, const_value=ir.tensor(
-            q.astype(container.numpy_dtype), dtype=container.dtype, name=q_name))
+        q_value = ir.Value(name=q_name, const_value=_integer_tensor(q, container, q_name))
         graph.register_initializer(q_value)
         scale, zp = self._qparam_initializers(graph, name, params, stored)
         if stored != params.qtype:

@@ -186,13 +186,14 @@ def check_output_folder(path: Path, option: str = "-o") -> Path:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike,
-               verify: Callable[[Path], None] | None = None) -> Path:
-    """Write ``model`` atomically; models near the 2 GB protobuf limit get external data
-    (``NAME.data`` beside it).  ``verify(temporary_path)`` runs on the written file before
-    it takes ``path``'s place: if it raises, nothing is left at ``path``."""
+               verify: Callable[[Path], None] | None = None, external: bool = False) -> Path:
+    """Write ``model`` atomically, with its weights in ``NAME.data`` beside it when
+    ``external`` (a model read from external data is written so) or the model nears the
+    2 GB protobuf limit.  ``verify(temporary_path)`` runs on the written file
+    before it takes ``path``'s place: if it raises, nothing is left at ``path``."""
     path = Path(path)
     directory = check_output_folder(path)
-    external = model_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    external = external or model_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = path.name + ".data"
     try:
         with TempDir("write", directory) as tmp:

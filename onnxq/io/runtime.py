@@ -120,4 +120,5 @@ def optimized_op_types(path: str | Path) -> list[str]:
         options = session_options(1)
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        return [node.op_type for node in optimized.graph.node]

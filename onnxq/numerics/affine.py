@@ -243,11 +243,24 @@ def affine_block_qparams(w: np.ndarray, axis: int, block_size: int, qtype: QType
             ungroup(best_zero, shape, axis, block_size).astype(np.int64))
 
 
+ROUNDING_CHUNK = 2**20
+"""Weights ``mean_preserving_round`` rounds at once (its temporaries are some 10 times that)."""
+
+
 def mean_preserving_round(rows: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
                           qtype: QType) -> np.ndarray:
     """Integers of ``rows`` (one scale and zero point per row): round-to-nearest, then the
     weights nearest the rounding boundary flipped the other way until each row's sum of
-    rounding errors is at most half a step (the row's sum, so its mean, is kept)."""
+    rounding errors is at most half a step (the row's sum, so its mean, is kept).  Rows are
+    independent: they are rounded a chunk at a time, which bounds the memory it takes."""
+    step = max(1, ROUNDING_CHUNK // max(rows.shape[1], 1))
+    return np.concatenate([
+        _mean_preserving_chunk(rows[i:i + step], scale[i:i + step], zero_point[i:i + step],
+                               qtype) for i in range(0, max(len(rows), 1), step)])
+
+
+def _mean_preserving_chunk(rows: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+                           qtype: QType) -> np.ndarray:
     x = rows / scale[:, None]
     q = np.clip(np.round(x) + zero_point[:, None], qtype.qmin, qtype.qmax)
     error = q - zero_point[:, None] - x
@@ -255,8 +268,10 @@ def mean_preserving_round(rows: np.ndarray, scale: np.ndarray, zero_point: np.nd
     flips, down = np.floor(np.abs(total) + 0.5), total > 0
     cost = np.where(down[:, None], np.where(q > qtype.qmin, -error, np.inf),
                     np.where(q < qtype.qmax, error, np.inf))
-    rank = np.argsort(np.argsort(cost, axis=1, kind="stable"), axis=1, kind="stable")
-    flip = (rank < flips[:, None]) & np.isfinite(cost)
+    first = np.arange(rows.shape[1])[None, :] < flips[:, None]  # in cheapest-first order
+    flip = np.zeros(q.shape, bool)
+    np.put_along_axis(flip, np.argsort(cost, axis=1, kind="stable"), first, axis=1)
+    flip &= np.isfinite(cost)
     return q - np.where(down, 1, -1)[:, None] * flip
 
 

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from onnxq.config import QuantConfig
 from onnxq.graph import fused_chain_end
+from onnxq.io.mapped import release_pages
 from onnxq.numerics.affine import QTYPES
 from onnxq.ops import LAYERS
 from onnxq.plan.fragile import find_fragile, fused_chains
@@ -77,7 +78,9 @@ class Annotator:
         value = node.inputs[index]
         if value is None or not value.is_initializer() or value.dtype != ir.DataType.FLOAT:
             return False
-        if not np.isfinite(value.const_value.numpy()).all():
+        finite = np.isfinite(value.const_value.numpy()).all()
+        release_pages(value.const_value)
+        if not finite:
             self.plan.float_nodes[node.name] = "weight holds inf/nan: runs in float"
             return False
         target = self.config.target

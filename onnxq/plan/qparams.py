@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.graph import model_values
+from onnxq.io.mapped import release_pages
 from onnxq.numerics.affine import (
     BLOCK_RATIOS,
     QTYPES,
@@ -66,9 +67,13 @@ def weight_qparams(w: np.ndarray, qtype: str, axis: int | None, observer: str,
 def resolve_weights(model: ir.Model, plan: QuantPlan) -> dict[str, QParams]:
     """Qparams of every planned weight initializer."""
     initializers = model.graph.initializers
-    return {name: weight_qparams(initializers[name].const_value.numpy(), spec.qtype, spec.axis,
-                                 spec.observer, spec.block_size)
-            for name, spec in plan.weights.items()}
+    resolved = {}
+    for name, spec in plan.weights.items():
+        tensor = initializers[name].const_value
+        resolved[name] = weight_qparams(tensor.numpy(), spec.qtype, spec.axis, spec.observer,
+                                        spec.block_size)
+        release_pages(tensor)
+    return resolved
 
 
 def resolve_activations(plan: QuantPlan, observers: dict[str, MinMaxObserver],

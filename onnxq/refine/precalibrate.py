@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.io.mapped import release_pages
 from onnxq.numerics.affine import (
     QTYPES,
     QType,
@@ -61,6 +63,29 @@ def kl_scales(rows: np.ndarray, grid: QType) -> np.ndarray:
     return best.astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Rounded:
+    """The grid values of weight ``source`` under per-row ``scale`` and ``zero`` (rows of
+    ``groups``), rounded to keep each row's mean; called, it computes them."""
+
+    name: str
+    source: ir.TensorProtocol
+    qtype: str
+    axis: int | None
+    block_size: int | None
+    scale: np.ndarray
+    zero: np.ndarray
+
+    def __call__(self) -> ir.Tensor:
+        w = self.source.numpy().astype(np.float64)
+        release_pages(self.source)
+        rows, _ = groups(w, self.axis, self.block_size)
+        q = mean_preserving_round(rows, self.scale, self.zero, QTYPES[self.qtype])
+        values = from_groups((q - self.zero[:, None]) * self.scale[:, None], w.shape,
+                             self.axis, self.block_size)
+        return ir.tensor(values.astype(np.float32), name=self.name)
+
+
 class PreCalibrateWeightsPass(ir.passes.InPlacePass):
     """Data-free weight pre-calibration after AdpQ (arXiv 2501.09107): keep the distribution.
 
@@ -69,8 +94,9 @@ class PreCalibrateWeightsPass(ir.passes.InPlacePass):
     ``weight_qparams`` (block-wise weights keep their resolved scales and zero points: a
     block of 32-128 weights has too few for a histogram); the weight initializer is replaced
     by its grid values, rounded to nearest and then flipped at the weights nearest the
-    rounding boundary so every channel or block keeps its sum (mean).  Needs no calibration
-    data.
+    rounding boundary so every channel or block keeps its sum (mean); a weight read from
+    external data is replaced by a lazy tensor that computes them when read (emission), so
+    no float copy of a large model is held.  Needs no calibration data.
     """
 
     def __init__(self, plan: QuantPlan, weight_qparams: dict[str, QParams]):
@@ -81,20 +107,21 @@ class PreCalibrateWeightsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         initializers = model.graph.initializers
         for name, spec in self.plan.weights.items():
-            w = initializers[name].const_value.numpy().astype(np.float64)
-            grid = QTYPES[spec.qtype]
+            source = initializers[name].const_value
             old = self.weight_qparams[name]
-            rows, shape = groups(w, spec.axis, spec.block_size)
             if spec.block_size:  # per-block qparams as one value per row of ``groups``
                 scale = groups(old.scale, spec.axis, 1)[0].reshape(-1).astype(np.float64)
                 zero = groups(old.zero_point, spec.axis, 1)[0].reshape(-1)
+                shape = old.scale.shape
             else:
-                scale = kl_scales(rows, grid).astype(np.float64)
+                rows, shape = groups(source.numpy().astype(np.float64), spec.axis, None)
+                release_pages(source)
+                scale = kl_scales(rows, QTYPES[spec.qtype]).astype(np.float64)
                 zero = np.zeros(len(rows), np.int64)
-            q = mean_preserving_round(rows, scale, zero, grid)
-            values = from_groups((q - zero[:, None]) * scale[:, None], w.shape, spec.axis,
-                                 spec.block_size)
-            initializers[name].const_value = ir.tensor(values.astype(np.float32), name=name)
+            rounded = _Rounded(name, source, spec.qtype, spec.axis, spec.block_size, scale, zero)
+            initializers[name].const_value = (  # weights on disk stay there until emission
+                ir.LazyTensor(rounded, ir.DataType.FLOAT, source.shape, name=name)
+                if isinstance(source, ir.ExternalTensor) else rounded())
             self.weight_qparams[name] = QParams(
                 ungroup(scale.astype(np.float32), shape, spec.axis, spec.block_size),
                 old.zero_point, old.qtype, old.axis, old.block_size)
