@@ -4,7 +4,8 @@ on ORT CPU: onnxq rows against ORT's MatMulNBitsQuantizer (DEFAULT in QDQ, HQQ i
 at blocks of 32 and 128, every weight MatMul at 4 bits (the output head too, as ORT's tool
 does).  Per row, on held-out docstrings (modules the model never saw): perplexity per byte,
 next-token agreement with FP32 and the mean KL divergence of the next-token distribution to
-FP32, at ORT's accuracy levels 0 and 4; MatMulNBits in ORT's optimized graph; latency (one
+FP32, at ORT's accuracy levels 0 and 4 (GPTQ rows, onnxq's and ORT's, calibrate on 64
+windows of the training docstrings); MatMulNBits in ORT's optimized graph; latency (one
 thread) for 1 and 128 tokens; quantization seconds.
 
     pip install "transformers>=4.45"
@@ -23,12 +24,48 @@ import numpy as np
 import onnx
 from blockwise_int4 import latency_ms, onnxq_quantize, ort_quantize, session
 
+from onnxq.api import quantize
+from onnxq.config import QuantConfig
 from onnxq.io.runtime import ORT_ERRORS, optimized_op_types
 from onnxq.models import tiny_gpt
+from onnxq.plan.overrides import parse_overrides
 
 COVERAGE = {"": (), ", ORT's coverage": ("Gemm",)}
 """Every weight MatMul/Gemm, or only the MatMuls, as ORT's MatMulNBitsQuantizer takes
 (it leaves the GPT-2's Gemms, 8 of its 9 weight layers, float)."""
+
+
+CALIBRATION = 64
+"""Windows of the training docstrings GPTQ (onnxq's and ORT's) calibrates on."""
+
+
+def onnxq_gptq(fp32: Path, out: Path, block: int, head: str, weights: str,
+               exclude: tuple[str, ...], calib: list[dict]) -> None:
+    """``--rounding gptq``, weight-only, the head at 4 bits too."""
+    rules = parse_overrides(f'[[override]]\nnode = "{head}"\nweights = "{weights}"\n'
+                            'granularity = "per-block"\n', "head.toml")
+    quantize(fp32, out, calib, QuantConfig.from_preset(
+        "fast", weights=weights, activations="none", bias_correction="none",
+        block_size=block, rounding="gptq", overrides=rules, exclude=exclude), quiet=True)
+
+
+def ort_gptq(fp32: Path, out: Path, block: int, calib: list[dict]) -> None:
+    """ORT's MatMulNBitsQuantizer with its GPTQ (QOperator only), on the same windows."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calib)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    config = nbits.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(),
+                                             block_size=block)
+    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(fp32), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,6 +98,8 @@ def main(work: Path, windows: int) -> None:
     if not fp32.exists():
         tiny_gpt.export(fp32)
     ids = tiny_gpt.held_out_windows(windows, seed=1)
+    calib = [{tiny_gpt.INPUT_NAME: w[None]} for w in
+             tiny_gpt.windows(tiny_gpt.docstrings(held_out=False), CALIBRATION, seed=7)]
     feed = {tiny_gpt.INPUT_NAME: ids}
     reference = session(fp32).run(None, feed)[0]
     one = {tiny_gpt.INPUT_NAME: ids[:1, :1]}
@@ -84,10 +123,15 @@ def main(work: Path, windows: int) -> None:
             f"onnxq {weights} {rounding}{cover}": lambda out, b=block, w=weights, r=rounding,
             x=exclude: onnxq_quantize(fp32, out, b, head, w, r == "mean-preserving", x)
             for weights in ("int4", "uint4") for rounding in ("nearest", "mean-preserving")}
+        candidates |= {
+            f"onnxq {weights} gptq{cover}": lambda out, b=block, w=weights, x=exclude:
+                onnxq_gptq(fp32, out, b, head, w, x, calib)
+            for weights in ("int4", "uint4")}
         if not exclude:
             candidates |= {
                 "ORT DEFAULT (QDQ)": lambda out, b=block: ort_quantize(fp32, out, "DEFAULT", b),
                 "ORT HQQ (QOperator)": lambda out, b=block: ort_quantize(fp32, out, "HQQ", b),
+                "ORT GPTQ (QOperator)": lambda out, b=block: ort_gptq(fp32, out, b, calib),
             }
         for label, make in candidates.items():
             tag = "".join(label.split()[:3]).replace("(", "").replace(")", "")

@@ -22,7 +22,8 @@ ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "none")
 WEIGHT_OBSERVERS = ("auto", "minmax", "mse")
 EQUALIZE = ("none", "exact", "relu")
 BIAS_CORRECTION = ("empirical", "analytic", "none")
-ROUNDING = ("nearest", "adaround", "brecq", "qdrop")
+LEARNED_ROUNDING = ("adaround", "brecq", "qdrop")
+ROUNDING = ("nearest", *LEARNED_ROUNDING, "gptq")
 LOSSES = ("mse", "fisher")
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {"fuse": True, "equalize": "none", "bias_correction": "none",
@@ -117,7 +118,7 @@ class QuantConfig:
             if value not in allowed:
                 raise OnnxqError(f"--target {target.name} does not run {value} {field}; use "
                                  f"{' or '.join(allowed)} (or another --target)")
-        if self.activations == "none" and (self.refine_ranges or self.rounding != "nearest"
+        if self.activations == "none" and (self.refine_ranges or self.learned_rounding
                                            or self.bias_correction == "empirical"):
             raise OnnxqError("weight-only quantization (no calibration data) cannot refine "
                              "ranges, learn rounding or measure bias correction; use "
@@ -125,6 +126,10 @@ class QuantConfig:
         if self.activations in ("int4", "uint4") and self.weights != "int4":
             raise OnnxqError(f"--activations {self.activations} needs --weights int4: runtimes "
                              "have no kernel that mixes 4-bit activations with 8-bit weights")
+        if self.rounding == "gptq" and (self.activations != "none" or self.precalibrate):
+            raise OnnxqError("--rounding gptq rounds weights against their FP32 inputs, for "
+                             "weight-only quantization: use it with --activations none and "
+                             "--no-precalibrate (with --calib DATA and --preset fast)")
         if self.loss == "fisher" and self.rounding not in ("brecq", "qdrop"):
             raise OnnxqError("--loss fisher weights block outputs; use it with --rounding "
                              "brecq or qdrop")
@@ -191,9 +196,9 @@ class QuantConfig:
         if not self.target.blocked_weights:
             raise OnnxqError(f"--target {self.target.name} does not run blocked weights; drop "
                              "--block-size or use --target ort-cpu|ort-gpu")
-        if self.rounding != "nearest":
+        if self.learned_rounding:
             raise OnnxqError("learned rounding does not handle blocked weights yet; use "
-                             "--rounding nearest with --block-size")
+                             "--rounding nearest or gptq with --block-size")
         if self.budget is not None:
             raise OnnxqError(f"bit allocation chooses per-channel widths, not blocks; drop "
                              f"{self.budget.flag} or --block-size")
@@ -249,6 +254,17 @@ class QuantConfig:
     def activation_symmetric(self) -> bool:
         """Signed activation grids are symmetric; unsigned ones are asymmetric."""
         return self.activations != "none" and QTYPES[self.activations].signed
+
+    @property
+    def learned_rounding(self) -> bool:
+        """Whether block reconstruction learns the rounding (``--rounding adaround|brecq|
+        qdrop``)."""
+        return self.rounding in LEARNED_ROUNDING
+
+    @property
+    def reads_data(self) -> bool:
+        """Whether the run reads calibration data: for activations, or for GPTQ's inputs."""
+        return self.needs_data or self.rounding == "gptq"
 
     @property
     def needs_data(self) -> bool:

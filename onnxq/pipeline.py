@@ -103,7 +103,7 @@ def runtime_safe(config: QuantConfig) -> QuantConfig:
 def check_reiterable(data: Iterable[Feed], config: QuantConfig) -> None:
     """Refuse a one-shot iterator when the configured passes read the data more than once."""
     multi_pass = (config.refine_ranges or config.bias_correction == "empirical"
-                  or config.rounding != "nearest")
+                  or config.learned_rounding)
     if multi_pass and data is not None and iter(data) is data:
         raise OnnxqError("calibration data is a one-shot iterator, but range refinement and "
                          "bias correction read it more than once: pass a list or an onnxq.io.data "
@@ -118,6 +118,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("pareto", pareto_stage, lambda s, ctx: ctx.pareto and s.allocation is not None),
     Stage("references", refine.keep_references),
     Stage("precalibrate", refine.precalibrate, lambda s, ctx: ctx.config.precalibrate),
+    Stage("gptq", refine.gptq_rounding, lambda s, ctx: ctx.config.rounding == "gptq"),
     Stage("samples", refine.hold_samples),
     Stage("ranges", refine.refine_ranges,
           lambda s, ctx: ctx.config.refine_ranges and bool(s.activations)),
@@ -130,7 +131,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bias correction", refine.analytic_bias_correction,
           lambda s, ctx: ctx.config.bias_correction == "analytic"),
     Stage("learned rounding", refine.learned_rounding,
-          lambda s, ctx: ctx.config.rounding != "nearest"),
+          lambda s, ctx: ctx.config.learned_rounding),
     Stage("fit biases", refine.fit_biases),  # learned rounding may have moved the weights
     Stage("emit", emit_stage),
 )
@@ -151,9 +152,10 @@ def quantize_model(model: ir.Model, data: Iterable[Feed] | None, config: QuantCo
     overflow warnings are silenced: extreme weights overflow float32 squares, and the check
     of the written model (``onnxq.analysis.output_check``) judges what comes out.
     """
-    if data is None and config.needs_data:
-        raise OnnxqError("missing calibration data: quantized activations need --calib "
-                         "(or use --calib none for weight-only quantization)")
+    if data is None and config.reads_data:
+        raise OnnxqError("missing calibration data: quantized activations and --rounding "
+                         "gptq need --calib (or use --calib none for weight-only "
+                         "quantization)")
     check_reiterable(data, config)
     config = runtime_safe(config)
     start = time.perf_counter()

@@ -225,8 +225,10 @@ def _read_plan(path: str) -> QuantPlan:
               help="Activation ranges that minimize the consumers' output error "
                    "(preset: on; fast: off).")
 @click.option("--rounding", type=click.Choice(ROUNDING), default="nearest", show_default=True,
-              help="Weight rounding: nearest, or learned by reconstruction per layer (adaround), "
-                   "per block (brecq) or per block with QDrop (qdrop).")
+              help="Weight rounding: nearest, learned by reconstruction per layer (adaround), "
+                   "per block (brecq) or per block with QDrop (qdrop), or GPTQ's second-order "
+                   "rounding of MatMul/Gemm weights (gptq; weight-only: --activations none "
+                   "--preset fast, with --calib).")
 @click.option("--iters", type=int, default=100, show_default=True,
               help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
 @click.option("--learn-scale", is_flag=True,

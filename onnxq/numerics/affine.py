@@ -86,6 +86,13 @@ def _broadcast(param: np.ndarray, shape: tuple[int, ...], axis: int | None,
     return param.reshape(view)
 
 
+def per_element(param: np.ndarray, shape: tuple[int, ...], axis: int | None,
+                block_size: int | None = None) -> np.ndarray:
+    """``param`` (per tensor, channel or block) repeated to one entry per element of a
+    tensor of ``shape`` (a read-only view where it can be)."""
+    return np.broadcast_to(_broadcast(np.asarray(param), shape, axis, block_size), shape)
+
+
 def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QType,
              axis: int | None = None, block_size: int | None = None) -> np.ndarray:
     """Round-to-nearest-even quantization of ``x`` (ONNX QuantizeLinear semantics)."""

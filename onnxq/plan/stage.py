@@ -35,7 +35,7 @@ def check_plan(model: ir.Model, plan: QuantPlan, config: QuantConfig) -> None:
         if spec.block_size and not config.target.blocked_weights:
             fail(f"gives weight {name!r} blocks, which --target {config.target.name} does not "
                  "run")
-        if spec.block_size and (config.rounding != "nearest" or config.precalibrate):
+        if spec.block_size and (config.learned_rounding or config.precalibrate):
             fail(f"gives weight {name!r} blocks, which learned rounding and pre-calibration "
                  "do not handle yet (use --rounding nearest --no-precalibrate)")
     for name, bias in plan.biases.items():

@@ -21,6 +21,7 @@ from onnxq.io.data import Feed, Limited
 from onnxq.plan.annotate import PASS_THROUGH
 from onnxq.plan.qparams import constant_source_qparams, fit_int32_biases, fixed_qparams
 from onnxq.refine.bias_correction import AnalyticBiasCorrectionPass, EmpiricalBiasCorrectionPass
+from onnxq.refine.gptq import GPTQRoundingPass
 from onnxq.refine.guard import guard, outputs_on
 from onnxq.refine.precalibrate import PreCalibrateWeightsPass
 from onnxq.refine.ranges import RefineActivationRangesPass, refinable, sample_window
@@ -46,7 +47,7 @@ def keep_references(state: QuantState, ctx: RunContext) -> list[str]:
     if config.min_sqnr is not None:
         state.guard_feeds = held_out(ctx.data)
         state.guard_outputs = outputs_on(model, state.guard_feeds, config.device)
-    if config.rounding != "nearest":
+    if config.learned_rounding:
         initializers = model.graph.initializers
         state.reference = {name: initializers[name].const_value.numpy().copy()
                            for name in [*plan.weights, *plan.biases] if name in initializers}
@@ -57,6 +58,12 @@ def precalibrate(state: QuantState, ctx: RunContext) -> list[str]:
     """Data-free pre-calibration of the weights (``--precalibrate``)."""
     PreCalibrateWeightsPass(state.plan, state.weights)(state.model)
     return ["PreCalibrateWeightsPass"]
+
+
+def gptq_rounding(state: QuantState, ctx: RunContext) -> list[str]:
+    """GPTQ's second-order rounding of the MatMul/Gemm weights (``--rounding gptq``)."""
+    GPTQRoundingPass(state.plan, state.weights, ctx.data, ctx.stream)(state.model)
+    return ["GPTQRoundingPass"]
 
 
 def hold_samples(state: QuantState, ctx: RunContext) -> list[str]:
