@@ -128,8 +128,8 @@ class QuantConfig:
                              "have no kernel that mixes 4-bit activations with 8-bit weights")
         if self.rounding == "gptq" and (self.activations != "none" or self.precalibrate):
             raise OnnxqError("--rounding gptq rounds weights against their FP32 inputs, for "
-                             "weight-only quantization: use it with --activations none and "
-                             "--no-precalibrate (with --calib DATA and --preset fast)")
+                             "weight-only quantization: give it --calib DATA, drop "
+                             "--activations and --precalibrate")
         if self.loss == "fisher" and self.rounding not in ("brecq", "qdrop"):
             raise OnnxqError("--loss fisher weights block outputs; use it with --rounding "
                              "brecq or qdrop")

@@ -227,8 +227,7 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--rounding", type=click.Choice(ROUNDING), default="nearest", show_default=True,
               help="Weight rounding: nearest, learned by reconstruction per layer (adaround), "
                    "per block (brecq) or per block with QDrop (qdrop), or GPTQ's second-order "
-                   "rounding of MatMul/Gemm weights (gptq; weight-only: --activations none "
-                   "--preset fast, with --calib).")
+                   "rounding of MatMul/Gemm weights (gptq: weight-only, reads --calib).")
 @click.option("--iters", type=int, default=100, show_default=True,
               help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
 @click.option("--learn-scale", is_flag=True,
@@ -298,6 +297,8 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
     if weight_only:
         preset, activations = "fast", "none"
         passes["precalibrate"] = precalibrate is not False
+    elif rounding == "gptq" and activations in (None, "none"):  # weight-only, with data
+        preset, activations = "fast", "none"
     config = QuantConfig.from_preset(
         preset, target=load_target(target, target_file), weights=weights,
         activations=activations, int4_storage=int4_storage, block_size=block_size,

@@ -77,3 +77,17 @@ def test_gptq_refusals(bert17, tmp_path):
         QuantConfig(weights="int4", rounding="gptq")  # activations quantized
     assert_one_line_error(invoke("quantize", str(bert17), "--calib", "none", "--weights", "int4",
                                  "--rounding", "gptq"), "--rounding gptq rounds weights")
+
+
+def test_the_cli_runs_gptq_weight_only_on_calibration_data(bert17, tmp_path):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=np.concatenate(
+        [f["input_ids"] for f in tiny_bert.feeds("calib", 16, 1)]))
+    out = tmp_path / "gptq.onnx"
+    result = invoke("quantize", str(bert17), "--calib", str(calib), "--weights", "int4",
+                    "--block-size", "32", "--rounding", "gptq", "-o", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    model = load_model(out)
+    assert "GPTQRoundingPass" in model.metadata_props["onnxq.report"]
+    assert not [n for n in model.graph if n.op_type == "QuantizeLinear"]  # weight-only
+    assert Counter(optimized_op_types(out))["MatMulNBits"] == 9
