@@ -27,11 +27,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if norms == 0 and not np.any(a - b) else float(a @ b / max(norms, 1e-300))
 
 
-def _outputs(source: Path, feed: Mapping[str, np.ndarray], device: str,
+def _in_pieces(path: Path) -> bool:
+    """Whether the model file holds over ``WHOLE_BYTES`` of weights (run a piece at a time:
+    the check then holds one piece's weights, not the model's)."""
+    return weight_nbytes(onnx.load(str(path), load_external_data=False).graph) > WHOLE_BYTES
+
+
+def _outputs(source: Path, feed: Mapping[str, np.ndarray], device: str, pieces: bool,
              optimize: bool = True) -> dict[str, np.ndarray]:
-    """The model's outputs on ``feed``; a model over ``WHOLE_BYTES`` of weights runs a piece
-    at a time (the check then holds one piece's weights, not the model's)."""
-    if weight_nbytes(onnx.load(str(source), load_external_data=False).graph) > WHOLE_BYTES:
+    if pieces:
         return run_in_pieces(source, feed, device, optimize)
     session = open_session(str(source), device, optimize=optimize)
     names = [o.name for o in session.get_outputs()]
@@ -45,15 +49,16 @@ def check_written(fp32_path: Path, written: Path, feed: Mapping[str, np.ndarray]
     With a ``random`` feed (no calibration data), a reference that cannot run it skips
     the comparison with a warning."""
     try:
-        reference = _outputs(fp32_path, feed, device)
+        reference = _outputs(fp32_path, feed, device, _in_pieces(fp32_path))
     except OnnxqError:
         if not random:
             raise
         warnings.warn("the written model was not compared with FP32: the model does not run "
                       "on a random sample (no calibration data)", stacklevel=2)
         return float("nan")
-    fused = _outputs(written, feed, device)
-    plain = _outputs(written, feed, device, optimize=False)
+    pieces = _in_pieces(written)
+    fused = _outputs(written, feed, device, pieces)
+    plain = _outputs(written, feed, device, pieces, optimize=False)
     worst = 1.0
     for name, ref in reference.items():
         got = fused[name]

@@ -61,16 +61,17 @@ def cut(graph: onnx.GraphProto, budget: int = PIECE_BYTES) -> list[list[int]]:
             made = set().union(*(carried[name] for name in names))
             carried.update((out, made) for out in node.output)
     piece_of: dict[int, int] = {}
-    piece, held, weights = 0, False, set()
+    piece, held, weights, total = 0, False, set(), 0
     for i, names in enumerate(reads):
         if constant_only[i]:
             continue
-        new = set().union(*(carried.get(name, ()) for name in names)) - weights
-        cost = sum(sizes[name] for name in new)
-        if held and sum(sizes[name] for name in weights) + cost > budget:
-            piece, weights = piece + 1, set()
+        made_of = set().union(*(carried.get(name, ()) for name in names))
+        cost = sum(sizes[name] for name in made_of - weights)
+        if held and total + cost > budget:  # a new piece loads all the node's weights
+            piece, weights, total = piece + 1, set(), 0
+            cost = sum(sizes[name] for name in made_of)
         piece_of[i], held = piece, True
-        weights |= new
+        weights, total = weights | made_of, total + cost
     consumers: dict[str, list[int]] = {}
     for i, names in enumerate(reads):
         for name in names:
