@@ -4,7 +4,8 @@ points; round-to-nearest and mean-preserving rounding) against ORT's MatMulNBits
 transformer size (``onnxq.models.matmul_stack``), the tiny BERT, and the tiny BERT at HQQ's
 coverage (its attention Gemms and embedding tables float, as HQQ leaves them).  Per row: MatMulNBits
 in ORT's optimized graph against weight MatMuls, output SQNR against FP32 at ORT's
-accuracy levels 0 and 4, latency (one thread) for 1 and 128 tokens (the tiny BERT: its
+accuracy levels 0 and 4 (the GPTQ rows, onnxq's and ORT's, calibrate on 64 tiny-BERT batches
+or 16 stack inputs of 128 tokens), latency (one thread) for 1 and 128 tokens (the tiny BERT: its
 32-token input), quantization seconds.
 
     python benchmarks/blockwise_int4.py --work /tmp/blocks
@@ -28,6 +29,8 @@ from onnxq.models import matmul_stack, tiny_bert
 from onnxq.plan.overrides import parse_overrides
 
 LEVEL_KEY = "session.qdq_matmulnbits_accuracy_level"
+CALIBRATION = 64
+"""Calibration samples of the GPTQ rows (onnxq's and ORT's)."""
 
 
 def session(path: Path, level: int | None = None, threads: int = 1) -> ort.InferenceSession:
@@ -70,20 +73,45 @@ def ort_quantize(fp32: Path, out: Path, algo: str, block: int) -> None:
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
-def onnxq_quantize(fp32: Path, out: Path, block: int, head: str, weights: str,
-                   precalibrate: bool, exclude: tuple[str, ...]) -> None:
+ROUNDINGS = ("nearest", "mean-preserving", "gptq")
+
+
+def onnxq_quantize(fp32: Path, out: Path, block: int, head: str, weights: str, rounding: str,
+                   exclude: tuple[str, ...], calib: list[dict]) -> None:
     """Weight-only blocks, the head at 4 bits too (as ORT's tool quantizes every MatMul);
-    ``precalibrate``: mean-preserving rounding in every block."""
+    ``rounding``: nearest, mean-preserving in every block (pre-calibration), or GPTQ on
+    ``calib``."""
     rules = parse_overrides(f'[[override]]\nnode = "{head}"\nweights = "{weights}"\n'
                             'granularity = "per-block"\n', "head.toml")
-    quantize(fp32, out, None, QuantConfig.from_preset(
+    gptq = rounding == "gptq"
+    quantize(fp32, out, calib if gptq else None, QuantConfig.from_preset(
         "fast", weights=weights, activations="none", bias_correction="none",
-        block_size=block, precalibrate=precalibrate, overrides=rules, exclude=exclude),
-        quiet=True)
+        block_size=block, precalibrate=rounding == "mean-preserving",
+        rounding="gptq" if gptq else "nearest", overrides=rules, exclude=exclude), quiet=True)
+
+
+def ort_gptq(fp32: Path, out: Path, block: int, calib: list[dict]) -> None:
+    """ORT's MatMulNBitsQuantizer with its GPTQ (QOperator only), on the same windows."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calib)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    config = nbits.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(),
+                                             block_size=block)
+    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(fp32), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
 def rows_for(name: str, fp32: Path, head: str, feeds: list[dict], one: dict,
-             many: dict | None, work: Path, exclude: tuple[str, ...] = ()) -> list[str]:
+             many: dict | None, work: Path, calib: list[dict],
+             exclude: tuple[str, ...] = ()) -> list[str]:
     reference = [session(fp32).run(None, f)[0] for f in feeds]
     weight_matmuls = sum(n.op_type in ("MatMul", "Gemm") and any(
         i in {t.name for t in onnx.load(fp32).graph.initializer} for i in n.input)
@@ -95,11 +123,12 @@ def rows_for(name: str, fp32: Path, head: str, feeds: list[dict], one: dict,
     for block in (32, 128):
         candidates = {
             f"onnxq {weights} {rounding}": lambda out, b=block, w=weights, r=rounding:
-                onnxq_quantize(fp32, out, b, head, w, r == "mean-preserving", exclude)
-            for weights in ("int4", "uint4") for rounding in ("nearest", "mean-preserving")}
+                onnxq_quantize(fp32, out, b, head, w, r, exclude, calib)
+            for weights in ("int4", "uint4") for rounding in ROUNDINGS}
         candidates |= {
             "ORT DEFAULT (QDQ)": lambda out, b=block: ort_quantize(fp32, out, "DEFAULT", b),
             "ORT HQQ (QOperator)": lambda out, b=block: ort_quantize(fp32, out, "HQQ", b),
+            "ORT GPTQ (QOperator)": lambda out, b=block: ort_gptq(fp32, out, b, calib),
         }
         for label, make in candidates.items():
             tag = "".join(label.split()[:3]).replace("(", "").replace(")", "")
@@ -145,7 +174,8 @@ def main(work: Path, layers: int, models: str) -> None:
         for line in rows_for(f"MLP stack ({layers} x 1024x4096)", stack,
                              f"/layers.{layers - 1}/down/MatMul",
                              matmul_stack.feeds(8, seed=1), matmul_stack.feeds(1, 1)[0],
-                             matmul_stack.feeds(1, 128)[0], work):
+                             matmul_stack.feeds(1, 128)[0], work,
+                             matmul_stack.feeds(CALIBRATION // 4, seed=2)):
             print(line, flush=True)
     for key, label, exclude in (("bert", "tiny BERT", ()),
                                 ("bert-hqq-coverage", "tiny BERT, HQQ's coverage",
@@ -153,7 +183,8 @@ def main(work: Path, layers: int, models: str) -> None:
         if key not in selected:
             continue
         for line in rows_for(label, bert, "/head/Gemm", tiny_bert.feeds("val", 32, 1),
-                             tiny_bert.feeds("val", 1, 2)[0], None, work, exclude):
+                             tiny_bert.feeds("val", 1, 2)[0], None, work,
+                             tiny_bert.feeds("calib", CALIBRATION, 1), exclude):
             print(line, flush=True)
 
 

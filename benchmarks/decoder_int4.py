@@ -22,50 +22,22 @@ from pathlib import Path
 import click
 import numpy as np
 import onnx
-from blockwise_int4 import latency_ms, onnxq_quantize, ort_quantize, session
+from blockwise_int4 import (
+    CALIBRATION,
+    ROUNDINGS,
+    latency_ms,
+    onnxq_quantize,
+    ort_gptq,
+    ort_quantize,
+    session,
+)
 
-from onnxq.api import quantize
-from onnxq.config import QuantConfig
 from onnxq.io.runtime import ORT_ERRORS, optimized_op_types
 from onnxq.models import tiny_gpt
-from onnxq.plan.overrides import parse_overrides
 
 COVERAGE = {"": (), ", ORT's coverage": ("Gemm",)}
 """Every weight MatMul/Gemm, or only the MatMuls, as ORT's MatMulNBitsQuantizer takes
 (it leaves the GPT-2's Gemms, 8 of its 9 weight layers, float)."""
-
-
-CALIBRATION = 64
-"""Windows of the training docstrings GPTQ (onnxq's and ORT's) calibrates on."""
-
-
-def onnxq_gptq(fp32: Path, out: Path, block: int, head: str, weights: str,
-               exclude: tuple[str, ...], calib: list[dict]) -> None:
-    """``--rounding gptq``, weight-only, the head at 4 bits too."""
-    rules = parse_overrides(f'[[override]]\nnode = "{head}"\nweights = "{weights}"\n'
-                            'granularity = "per-block"\n', "head.toml")
-    quantize(fp32, out, calib, QuantConfig.from_preset(
-        "fast", weights=weights, activations="none", bias_correction="none",
-        block_size=block, rounding="gptq", overrides=rules, exclude=exclude), quiet=True)
-
-
-def ort_gptq(fp32: Path, out: Path, block: int, calib: list[dict]) -> None:
-    """ORT's MatMulNBitsQuantizer with its GPTQ (QOperator only), on the same windows."""
-    from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter(calib)
-
-        def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
-    config = nbits.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(),
-                                             block_size=block)
-    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(fp32), algo_config=config)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -121,12 +93,8 @@ def main(work: Path, windows: int) -> None:
     for (cover, exclude), block in itertools.product(COVERAGE.items(), (32, 128)):
         candidates = {
             f"onnxq {weights} {rounding}{cover}": lambda out, b=block, w=weights, r=rounding,
-            x=exclude: onnxq_quantize(fp32, out, b, head, w, r == "mean-preserving", x)
-            for weights in ("int4", "uint4") for rounding in ("nearest", "mean-preserving")}
-        candidates |= {
-            f"onnxq {weights} gptq{cover}": lambda out, b=block, w=weights, x=exclude:
-                onnxq_gptq(fp32, out, b, head, w, x, calib)
-            for weights in ("int4", "uint4")}
+            x=exclude: onnxq_quantize(fp32, out, b, head, w, r, x, calib)
+            for weights in ("int4", "uint4") for rounding in ROUNDINGS}
         if not exclude:
             candidates |= {
                 "ORT DEFAULT (QDQ)": lambda out, b=block: ort_quantize(fp32, out, "DEFAULT", b),
