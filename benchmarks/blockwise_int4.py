@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -109,6 +110,34 @@ def ort_gptq(fp32: Path, out: Path, block: int, calib: list[dict]) -> None:
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
+def quantized(fp32: Path, work: Path, block: int, head: str, calib: list[dict],
+              exclude: tuple[str, ...] = (), suffix: str = "", ort_rows: bool = True
+              ) -> Iterator[tuple[str, Path, tuple[float, int] | str]]:
+    """Each quantizer's label (onnxq's rows, with ``suffix``, then ORT's when ``ort_rows``),
+    its output at blocks of ``block``, and its quantization seconds and MatMulNBits count in
+    ORT's optimized graph, or why it failed (a tool failing is a result)."""
+    makers = {
+        f"onnxq {weights} {rounding}{suffix}": lambda out, w=weights, r=rounding:
+            onnxq_quantize(fp32, out, block, head, w, r, exclude, calib)
+        for weights in ("int4", "uint4") for rounding in ROUNDINGS}
+    if ort_rows:
+        makers |= {
+            "ORT DEFAULT (QDQ)": lambda out: ort_quantize(fp32, out, "DEFAULT", block),
+            "ORT HQQ (QOperator)": lambda out: ort_quantize(fp32, out, "HQQ", block),
+            "ORT GPTQ (QOperator)": lambda out: ort_gptq(fp32, out, block, calib),
+        }
+    for label, make in makers.items():
+        tag = "".join(label.split()[:3]).replace("(", "").replace(")", "")
+        out = work / f"{fp32.stem}{'.cover' if exclude else ''}.{tag}.b{block}.onnx"
+        began = time.perf_counter()
+        try:
+            make(out)
+            seconds = time.perf_counter() - began
+            yield label, out, (seconds, Counter(optimized_op_types(out))["MatMulNBits"])
+        except (*ORT_ERRORS, ValueError) as exc:
+            yield label, out, str(exc).splitlines()[0][:120]
+
+
 def rows_for(name: str, fp32: Path, head: str, feeds: list[dict], one: dict,
              many: dict | None, work: Path, calib: list[dict],
              exclude: tuple[str, ...] = ()) -> list[str]:
@@ -121,27 +150,11 @@ def rows_for(name: str, fp32: Path, head: str, feeds: list[dict], one: dict,
     lines = [(f"| {name} | FP32 | - | {weight_matmuls} weight MatMul/Gemm | - | - | "
              f"{fp32_times[0]:.2f} | {_ms(fp32_times[1])} | - |")]
     for block in (32, 128):
-        candidates = {
-            f"onnxq {weights} {rounding}": lambda out, b=block, w=weights, r=rounding:
-                onnxq_quantize(fp32, out, b, head, w, r, exclude, calib)
-            for weights in ("int4", "uint4") for rounding in ROUNDINGS}
-        candidates |= {
-            "ORT DEFAULT (QDQ)": lambda out, b=block: ort_quantize(fp32, out, "DEFAULT", b),
-            "ORT HQQ (QOperator)": lambda out, b=block: ort_quantize(fp32, out, "HQQ", b),
-            "ORT GPTQ (QOperator)": lambda out, b=block: ort_gptq(fp32, out, b, calib),
-        }
-        for label, make in candidates.items():
-            tag = "".join(label.split()[:3]).replace("(", "").replace(")", "")
-            out = work / f"{fp32.stem}{'.cover' if exclude else ''}.{tag}.b{block}.onnx"
-            began = time.perf_counter()
-            try:
-                make(out)
-                seconds = time.perf_counter() - began
-                fused = Counter(optimized_op_types(out))["MatMulNBits"]
-            except (*ORT_ERRORS, ValueError) as exc:  # a tool failing is a result
-                lines.append(f"| {name} | {label} | {block} | failed: "
-                             f"{str(exc).splitlines()[0][:120]} | | | | | |")
+        for label, out, result in quantized(fp32, work, block, head, calib, exclude):
+            if isinstance(result, str):
+                lines.append(f"| {name} | {label} | {block} | failed: {result} | | | | | |")
                 continue
+            seconds, fused = result
             levels = [sqnr_db(reference, [session(out, level).run(None, f)[0] for f in feeds])
                       for level in (0, 4)]
             times = (latency_ms(session(out), one),

@@ -15,24 +15,13 @@ thread) for 1 and 128 tokens; quantization seconds.
 from __future__ import annotations
 
 import itertools
-import time
-from collections import Counter
 from pathlib import Path
 
 import click
 import numpy as np
 import onnx
-from blockwise_int4 import (
-    CALIBRATION,
-    ROUNDINGS,
-    latency_ms,
-    onnxq_quantize,
-    ort_gptq,
-    ort_quantize,
-    session,
-)
+from blockwise_int4 import CALIBRATION, latency_ms, quantized, session
 
-from onnxq.io.runtime import ORT_ERRORS, optimized_op_types
 from onnxq.models import tiny_gpt
 
 COVERAGE = {"": (), ", ORT's coverage": ("Gemm",)}
@@ -91,28 +80,12 @@ def main(work: Path, windows: int) -> None:
           f"| {latency_ms(session(fp32), one):.2f} | {latency_ms(session(fp32), many):.2f} | - |",
           flush=True)
     for (cover, exclude), block in itertools.product(COVERAGE.items(), (32, 128)):
-        candidates = {
-            f"onnxq {weights} {rounding}{cover}": lambda out, b=block, w=weights, r=rounding,
-            x=exclude: onnxq_quantize(fp32, out, b, head, w, r, x, calib)
-            for weights in ("int4", "uint4") for rounding in ROUNDINGS}
-        if not exclude:
-            candidates |= {
-                "ORT DEFAULT (QDQ)": lambda out, b=block: ort_quantize(fp32, out, "DEFAULT", b),
-                "ORT HQQ (QOperator)": lambda out, b=block: ort_quantize(fp32, out, "HQQ", b),
-                "ORT GPTQ (QOperator)": lambda out, b=block: ort_gptq(fp32, out, b, calib),
-            }
-        for label, make in candidates.items():
-            tag = "".join(label.split()[:3]).replace("(", "").replace(")", "")
-            out = work / f"gpt.{tag}{'.cover' if exclude else ''}.b{block}.onnx"
-            began = time.perf_counter()
-            try:
-                make(out)
-                seconds = time.perf_counter() - began
-                fused = Counter(optimized_op_types(out))["MatMulNBits"]
-            except (*ORT_ERRORS, ValueError) as exc:  # a tool failing is a result
-                print(f"| {label} | {block} | failed: {str(exc).splitlines()[0][:120]} "
-                      "| | | | | | | | |")
+        for label, out, result in quantized(fp32, work, block, head, calib, exclude, cover,
+                                            ort_rows=not exclude):
+            if isinstance(result, str):
+                print(f"| {label} | {block} | failed: {result} | | | | | | | | |")
                 continue
+            seconds, fused = result
             level = {lv: scores(reference, session(out, lv).run(None, feed)[0], ids)
                      for lv in (0, 4)}
             print(f"| {label} | {block} | {fused} | {level[0][0]:.3f} | {level[4][0]:.3f} | "

@@ -24,6 +24,7 @@ import click
 import numpy as np
 import onnx
 import onnxruntime as ort
+from blockwise_int4 import latency_ms, session
 
 from onnxq.io.pieces import run_in_pieces
 from onnxq.io.runtime import optimized_op_types
@@ -41,19 +42,6 @@ def quantize(fp32: Path, out: Path, flags: list[str]) -> tuple[int, str, float, 
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     return proc.returncode, lines[-1] if lines else "", seconds, peak
-
-
-def latency_ms(path: Path, feed: dict, runs: int = 10) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - began)
-    return 1000 * float(np.median(times))
 
 
 @click.command()
@@ -88,7 +76,8 @@ def main(work: Path, block_size: int) -> None:
     times = []
     for tokens in (1, 128):
         feed = matmul_stack.feeds(1, tokens=tokens, hidden=SIZES["hidden"], seed=4)[0]
-        times.append(f"{latency_ms(out, feed):.1f} ({latency_ms(fp32, feed):.1f})")
+        times.append(f"{latency_ms(session(out), feed, runs=10):.1f} "
+                     f"({latency_ms(session(fp32), feed, runs=10):.1f})")
     weights = 2 * SIZES["layers"]
     click.echo(f"| {block_size} | 0 | {seconds:.1f} | {peak:.0f} | "
                f"{sum(p.stat().st_size for p in work.glob(out.name + '*')) / 2**20:.0f} | "

@@ -87,11 +87,10 @@ def cut(graph: onnx.GraphProto, budget: int = PIECE_BYTES) -> list[list[int]]:
     return [p for p in pieces if p]
 
 
-def _piece_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+def _piece_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], used: set[str],
                  inputs: Mapping[str, np.ndarray], outputs: list[str]) -> onnx.ModelProto:
-    """A model of ``nodes`` reading ``inputs`` (typed from the arrays) and the initializers
-    they use, whose outputs are ``outputs``."""
-    used = set().union(*(_reads(node) for node in nodes))
+    """A model of ``nodes`` (which read ``used``) reading ``inputs`` (typed from the arrays)
+    and the initializers they use, whose outputs are ``outputs``."""
     graph = onnx.helper.make_graph(
         nodes, "piece",
         [onnx.helper.make_tensor_value_info(
@@ -123,8 +122,9 @@ def run_in_pieces(path: str | Path, feed: Mapping[str, np.ndarray], device: str 
         outputs = sorted(made & later)
         inputs = {name: values[name] for name in sorted(reads[k] & set(values))
                   if name not in made}
-        session = open_session(_piece_model(model, nodes, inputs, outputs).SerializeToString(),
-                               device, optimize=optimize, config=folder)
+        piece_model = _piece_model(model, nodes, reads[k], inputs, outputs)
+        session = open_session(piece_model.SerializeToString(), device, optimize=optimize,
+                               config=folder)
         values.update(zip(outputs, run(session, outputs, inputs), strict=True))
         del session
         values = {name: array for name, array in values.items() if name in later}

@@ -35,7 +35,7 @@ def gptq_round(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero: np.n
                qtype: QType) -> np.ndarray:
     """The integers of ``w [K, N]`` (one scale and zero point per element) that GPTQ's
     row-by-row rounding with error feedback through ``hessian [K, K]`` chooses."""
-    w, h = w.astype(np.float64), hessian.astype(np.float64).copy()
+    w, h = w.astype(np.float64), hessian.astype(np.float64)  # copies
     dead = np.diag(h) <= 0  # inputs that were always zero: nothing to compensate with
     h[dead, dead] = 1.0
     h += DAMPING * np.mean(np.diag(h)) * np.eye(len(h))
