@@ -21,6 +21,7 @@ from onnxq.models import tiny_bert
 ROWS = {"nearest": {"preset": "fast"}, "nearest+BC (preset default)": {"preset": "default"},
         "adaround": {"preset": "fast", "rounding": "adaround"},
         "brecq": {"preset": "fast", "rounding": "brecq"},
+        "brecq, learned steps": {"preset": "fast", "rounding": "brecq", "learn_steps": True},
         "qdrop": {"preset": "fast", "rounding": "qdrop"}}
 
 

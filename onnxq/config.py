@@ -41,7 +41,8 @@ class QuantConfig:
     """Weight type (None: the target's default)."""
     activations: str | None = None
     """Activation type, or ``none`` for weight-only (None: the target's default)."""
-    observer: str = "minmax"
+    observer: str = "auto"
+    """Activation range observer (``auto``: ``mse`` for 4-bit activations, else min-max)."""
     weight_observer: str = "auto"
     samples: int | None = 256
     seed: int = 0
@@ -55,6 +56,8 @@ class QuantConfig:
     rounding: str = "nearest"
     iters: int = 100
     learn_scale: bool = False
+    learn_steps: bool | None = None
+    """Learn the activation steps with the rounding (None: for 4-bit activations)."""
     loss: str = "mse"
     cache_mb: int = 2048
     precalibrate: bool = False
@@ -88,6 +91,9 @@ class QuantConfig:
             object.__setattr__(self, "weights", target.weights[0])
         if self.activations is None:
             object.__setattr__(self, "activations", target.activations[0])
+        if self.observer == "auto":
+            object.__setattr__(self, "observer", "mse" if self.activations in ("int4", "uint4")
+                               else "minmax")
         if self.keep_fragile_float is None:
             object.__setattr__(self, "keep_fragile_float", target.keep_fragile_float)
         eight_bit = self.activations in ("uint8", "int8")
@@ -130,6 +136,13 @@ class QuantConfig:
             raise OnnxqError("--rounding gptq rounds weights against their FP32 inputs, for "
                              "weight-only quantization: give it --calib DATA, drop "
                              "--activations and --precalibrate")
+        if self.learn_steps is None:
+            object.__setattr__(self, "learn_steps", self.learned_rounding
+                               and self.activations in ("int4", "uint4"))
+        elif self.learn_steps and not (self.learned_rounding and self.activations != "none"):
+            raise OnnxqError("--learn-steps learns activation steps during reconstruction; "
+                             "use it with --rounding adaround|brecq|qdrop and quantized "
+                             "activations")
         if self.loss == "fisher" and self.rounding not in ("brecq", "qdrop"):
             raise OnnxqError("--loss fisher weights block outputs; use it with --rounding "
                              "brecq or qdrop")

@@ -199,8 +199,9 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Fix a dynamic input's shape (targets with static shapes take the "
                    "calibration data's by default).")
-@click.option("--observer", type=click.Choice(OBSERVERS), default="minmax", show_default=True,
-              help="Activation range observer.")
+@click.option("--observer", type=click.Choice(("auto", *OBSERVERS)), default="auto",
+              show_default=True,
+              help="Activation range observer (auto: mse for 4-bit activations, else minmax).")
 @click.option("--weight-observer", type=click.Choice(WEIGHT_OBSERVERS), default="auto",
               show_default=True, help="Weight ranges: auto is mse (clipped to the least "
               "rounding MSE) with learned rounding, minmax otherwise.")
@@ -232,6 +233,9 @@ def _read_plan(path: str) -> QuantPlan:
               help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
 @click.option("--learn-scale", is_flag=True,
               help="Reconstruction also learns the per-channel weight scales.")
+@click.option("--learn-steps/--no-learn-steps", default=None,
+              help="Reconstruction also learns the activation steps (LSQ); on by default "
+                   "for 4-bit activations.")
 @click.option("--loss", type=click.Choice(LOSSES), default="mse", show_default=True,
               help="Block reconstruction loss: output MSE, or MSE weighted by each output "
                    "element's diagonal Fisher (brecq/qdrop).")
@@ -280,10 +284,10 @@ def _read_plan(path: str) -> QuantPlan:
 def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target, target_file,
              weights, activations, int4_storage, block_size, input_shapes, observer,
              weight_observer, samples, seed, exclude, overrides_path, preset, fuse, equalize,
-             bias_correction, refine_ranges, rounding, iters, learn_scale, loss, cache_mb,
-             precalibrate, quantize_fragile, min_cosine, min_sqnr, avg_weight_bits, size_mb,
-             importance, score_samples, tie, pareto_out, ray, plan_out, plan_path, report_out,
-             device, quiet) -> None:
+             bias_correction, refine_ranges, rounding, iters, learn_scale, learn_steps, loss,
+             cache_mb, precalibrate, quantize_fragile, min_cosine, min_sqnr, avg_weight_bits,
+             size_mb, importance, score_samples, tie, pareto_out, ray, plan_out, plan_path,
+             report_out, device, quiet) -> None:
     """Quantize MODEL to a QDQ model (no MODEL: the embedded EfficientNet-Lite0 demo)."""
     from onnxq.api import default_output
     from onnxq.api import quantize as quantize_file
@@ -305,9 +309,9 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         input_shapes=tuple(_input_shape(text) for text in input_shapes), observer=observer,
         weight_observer=weight_observer, samples=samples, seed=seed, exclude=tuple(exclude),
         keep_fragile_float=False if quantize_fragile else None, device=device,
-        rounding=rounding, iters=iters,
-        learn_scale=learn_scale, loss=loss, cache_mb=cache_mb, min_cosine=min_cosine,
-        min_sqnr=min_sqnr, avg_weight_bits=avg_weight_bits, size_mb=size_mb,
+        rounding=rounding, iters=iters, learn_scale=learn_scale, learn_steps=learn_steps,
+        loss=loss, cache_mb=cache_mb, min_cosine=min_cosine, min_sqnr=min_sqnr,
+        avg_weight_bits=avg_weight_bits, size_mb=size_mb,
         importance=importance, score_samples=score_samples, tie=tuple(tie),
         overrides=read_overrides(overrides_path) if overrides_path else (),
         **{name: value for name, value in passes.items() if value is not None})

@@ -167,7 +167,8 @@ def learned_rounding(state: QuantState, ctx: RunContext) -> list[str]:
     rounding = LearnedRoundingPass(
         state.plan, state.activations, state.weights, ctx.data,
         RoundingConfig(method=config.rounding, iters=config.iters,
-                       learn_scale=config.learn_scale, fisher=config.loss == "fisher",
+                       learn_scale=config.learn_scale, learn_steps=config.learn_steps,
+                       fisher=config.loss == "fisher",
                        cache_mb=config.cache_mb, seed=config.seed, device=config.device),
         ctx.progress, state.reference)
     rounding(state.model)

@@ -49,6 +49,8 @@ class RoundingConfig:
     (not 1e-3) the roundings settle sooner and fit the calibration images less closely,
     which held-out images reward.  ``fisher``: weight each block output element's squared
     error by its diagonal Fisher (how much it moves the network's output; block methods).
+    ``learn_steps``: LSQ-style learning of the activation steps a block alone reads, jointly
+    with its rounding (``step_lr`` on the log of the step).
     """
 
     method: str = "brecq"
@@ -69,6 +71,8 @@ class RoundingConfig:
     max_batch: int = 32
     cache_mb: int | None = 2048
     fisher: bool = False
+    learn_steps: bool = False
+    step_lr: float = 5e-3
     seed: int = 0
     device: str = "cpu"
 
@@ -262,6 +266,9 @@ class Reconstructor:
         gains = [m.log_gain for m in rounding if m.log_gain is not None]
         if gains:
             groups.append({"params": gains, "lr": cfg.scale_lr})
+        steps = [quant.log_gain for quant in module.steps.values()]
+        if steps:
+            groups.append({"params": steps, "lr": cfg.step_lr})
         optimizer = torch.optim.Adam(groups)
         drop = cfg.drop if cfg.method == "qdrop" else 0.0
 
@@ -334,7 +341,7 @@ class Reconstructor:
                 module = TorchBlock(block, self.plan, self.activation_qparams,
                                     self.weight_qparams, self.config.learn_bias,
                                     self.config.device, self.reference,
-                                    self.config.learn_scale)
+                                    self.config.learn_scale, self.config.learn_steps)
             except Unsupported as exc:
                 self._fall_back(block, str(exc), data, fp, q, start)
                 continue
@@ -352,16 +359,24 @@ class Reconstructor:
             module.set_soft(False)
             q.update(self._run_all(module, q, block.outputs, quantized=True))
             fp.update(fp_out)
-            weights, biases, scales = module.learned()
-            self.weights.update(weights)
-            self.biases.update(biases)
-            for name, scale in scales.items():
-                old = self.weight_qparams[name]
-                self.weight_qparams[name] = dataclasses.replace(
-                    old, scale=scale.astype(np.float32).reshape(old.scale.shape))
+            self._keep(module)
             self.reports.append(BlockReport(block.name, len(block.layers), before, after,
                                             round(time.perf_counter() - start, 2)))
         return self.reports
+
+    def _keep(self, module: TorchBlock) -> None:
+        """Take ``module``'s learned weights, biases, weight scales and activation steps."""
+        weights, biases, scales = module.learned()
+        self.weights.update(weights)
+        self.biases.update(biases)
+        for name, scale in scales.items():
+            old = self.weight_qparams[name]
+            self.weight_qparams[name] = dataclasses.replace(
+                old, scale=scale.astype(np.float32).reshape(old.scale.shape))
+        for name, step in module.learned_steps().items():
+            old = self.activation_qparams[name]
+            self.activation_qparams[name] = dataclasses.replace(
+                old, scale=np.full_like(old.scale, step, dtype=np.float32))
 
     @staticmethod
     def _drop_dead(fp: dict, q: dict, keep: set[str] | None) -> None:

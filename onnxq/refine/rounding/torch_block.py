@@ -86,18 +86,54 @@ class _FakeQuantize(torch.autograd.Function):
         return torch.ops.aten.hardtanh_backward(grad, x, *ctx.bounds), None, None, None, None
 
 
-class ActivationQuant:
-    """Fake quantization of one activation use (straight-through inside the range, zero
-    gradient where clipped)."""
+class _LearnedStepQuantize(torch.autograd.Function):
+    """Q then DQ with a learned step ``scale`` (a 0-d tensor): LSQ's gradients, computed in
+    one pass; ``x``'s is straight-through inside the grid, the step's is ``q - x / s`` there
+    and the clipped level beyond."""
 
-    def __init__(self, params: QParams):
+    @staticmethod
+    def forward(ctx, x, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int):
+        ctx.save_for_backward(x, scale)
+        ctx.grid = (zero_point, qmin, qmax)
+        return fake_quantize(x, float(scale), zero_point, qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale = ctx.saved_tensors
+        zero_point, qmin, qmax = ctx.grid
+        level = x / scale + zero_point
+        inside = (level >= qmin - 0.5) & (level <= qmax + 0.5)
+        slope = torch.where(inside, torch.round(level) - level,
+                            torch.where(level < qmin, float(qmin - zero_point),
+                                        float(qmax - zero_point)))
+        return grad * inside, (grad * slope).sum().reshape(scale.shape), None, None, None
+
+
+class ActivationQuant(nn.Module):
+    """Fake quantization of one activation (straight-through inside the range, zero
+    gradient where clipped).  With ``learn_step`` its step ``s = s0 * exp(g)`` is learned
+    (LSQ's gradient through the rounding, ``g`` starting at 0); the zero point stays."""
+
+    def __init__(self, params: QParams, learn_step: bool = False):
+        super().__init__()
         grid = QTYPES[params.qtype]
         self.qmin, self.qmax = grid.qmin, grid.qmax
-        self.scale = float(params.scale.reshape(-1)[0])
+        self.base_scale = float(params.scale.reshape(-1)[0])
         self.zero_point = int(params.zero_point.reshape(-1)[0])
+        self.log_gain = nn.Parameter(torch.zeros(())) if learn_step else None
 
-    def __call__(self, x: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
-        q = _FakeQuantize.apply(x, self.scale, self.zero_point, self.qmin, self.qmax)
+    @property
+    def scale(self) -> torch.Tensor | float:
+        """The current step (a tensor when learned)."""
+        if self.log_gain is None:
+            return self.base_scale
+        return self.base_scale * torch.exp(self.log_gain)
+
+    def forward(self, x: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+        if self.log_gain is None:
+            q = _FakeQuantize.apply(x, self.base_scale, self.zero_point, self.qmin, self.qmax)
+        else:
+            q = _LearnedStepQuantize.apply(x, self.scale, self.zero_point, self.qmin, self.qmax)
         if drop > 0:
             return torch.where(torch.rand_like(x) < drop, x, q)
         return q
@@ -115,10 +151,12 @@ class TorchBlock(nn.Module):
     def __init__(self, block: Block, plan: QuantPlan, activation_qparams: dict[str, QParams],
                  weight_qparams: dict[str, QParams], learn_bias: bool = True,
                  device: str = "cpu", reference: dict[str, np.ndarray] | None = None,
-                 learn_scale: bool = False):
+                 learn_scale: bool = False, learn_steps: bool = False):
         """``reference`` holds FP32 values of weights/biases that earlier passes changed
         (bias correction, pre-calibration): the FP32 run and the rounding start use them.
-        ``learn_scale`` makes the per-channel weight steps learnable as well."""
+        ``learn_scale`` makes the per-channel weight steps learnable as well;
+        ``learn_steps`` the steps of the activations only this block reads (and that share
+        their grid with no other tensor)."""
         super().__init__()
         missing = unsupported_ops(block)
         if missing:
@@ -139,11 +177,28 @@ class TorchBlock(nn.Module):
                         self.fp32[value.name] = torch.from_numpy(
                             np.array(reference[value.name], np.float32)).to(device)
         biases = {b.weight: name for name, b in plan.biases.items()}
-        self.bias_scales: dict[str, tuple[float, str]] = {}  # bias -> (s_input, weight)
+        self.steps = nn.ModuleDict()  # key -> a learned activation step
+        self.step_names: dict[str, str] = {}  # key -> the activation it quantizes
+        self.quant: dict[tuple[int, int], ActivationQuant] = {}
+        by_name: dict[str, ActivationQuant] = {}
+        members = {id(node) for node in block.nodes}
+        groups = plan.groups()
+        for name in plan.uses:
+            if name not in activation_qparams:
+                continue
+            readers = plan.readers(name)
+            learn = learn_steps and len(groups.get(plan.group(name), [name])) == 1 \
+                and all(id(node) in members for node, _ in readers)
+            by_name[name] = quant = ActivationQuant(activation_qparams[name], learn)
+            if learn:
+                key = f"a{len(self.steps)}"
+                self.steps[key], self.step_names[key] = quant, name
+            for node, index in readers:
+                self.quant[(id(node), index)] = quant
+        self.bias_scales: dict[str, tuple[ActivationQuant, str]] = {}  # bias -> (input, weight)
         for name, bias in plan.biases.items():
-            if name in self.constants and bias.activation in activation_qparams:
-                self.bias_scales[name] = (
-                    float(activation_qparams[bias.activation].scale.reshape(-1)[0]), bias.weight)
+            if name in self.constants and bias.activation in by_name:
+                self.bias_scales[name] = (by_name[bias.activation], bias.weight)
         self.weight_scales = {weight: per_axis(weight_qparams[weight].scale, (-1,), 0).to(device)
                               for _, weight in self.bias_scales.values()}
         for node in block.layers:
@@ -159,12 +214,6 @@ class TorchBlock(nn.Module):
                 self.biases[self.keys[bias_name]] = nn.Parameter(
                     self.constants[bias_name].clone().float())
         self.to(device)
-        self.quant: dict[tuple[int, int], ActivationQuant] = {}
-        for name in plan.uses:
-            if name not in activation_qparams:
-                continue
-            for node, index in plan.readers(name):
-                self.quant[(id(node), index)] = ActivationQuant(activation_qparams[name])
 
     def set_soft(self, soft: bool) -> None:
         """Soft (training) or hard (final) rounding for every weight."""
@@ -186,7 +235,8 @@ class TorchBlock(nn.Module):
         return bias
 
     def _bias_scale(self, name: str, size: int) -> torch.Tensor:
-        input_scale, weight = self.bias_scales[name]
+        reader, weight = self.bias_scales[name]
+        input_scale = reader.scale
         key = self.keys.get(weight)
         weight_scale = (self.rounding[key].scale if key in self.rounding
                         else self.weight_scales[weight]).reshape(-1)
@@ -233,3 +283,8 @@ class TorchBlock(nn.Module):
             else:
                 biases[name] = self.biases[key].detach().cpu().numpy()
         return weights, biases, scales
+
+    def learned_steps(self) -> dict[str, float]:
+        """The learned activation steps (``learn_steps``), by activation name."""
+        return {self.step_names[key]: float(quant.scale.detach())
+                for key, quant in self.steps.items()}

@@ -10,8 +10,9 @@ import torch
 from onnxq.analysis.validate import compare
 from onnxq.api import quantize
 from onnxq.calibrate.stream import calibrate
-from onnxq.config import QuantConfig
+from onnxq.config import PRESETS, QuantConfig
 from onnxq.emit.simulate import quantized_copy
+from onnxq.errors import OnnxqError
 from onnxq.io.model_io import load_model
 from onnxq.models.synthetic import image_feeds
 from onnxq.numerics.affine import sqnr_db
@@ -270,3 +271,48 @@ def test_fisher_weighted_block_reconstruction_beats_nearest(small_cnn, tmp_path)
         sqnr[rounding] = compare(load_model(small_cnn), load_model(out),
                                  image_feeds(64, seed=1)).outputs[0].sqnr_db
     assert sqnr["brecq"] > sqnr["nearest"] + 1.0
+
+
+def _activation_scales(path) -> dict[str, float]:
+    """The scale of every QuantizeLinear of an activation in a QDQ model."""
+    model = load_model(path)
+    initializers = model.graph.initializers
+    return {node.inputs[0].name: float(initializers[node.inputs[1].name].const_value.numpy())
+            for node in model.graph if node.op_type == "QuantizeLinear"
+            and node.inputs[0].const_value is None}
+
+
+def test_learned_activation_steps_reach_the_model_and_cut_the_w4a4_error(small_cnn, tmp_path):
+    errors, scales = {}, {}
+    for steps in (False, True):
+        out = tmp_path / f"steps-{steps}.onnx"
+        config = QuantConfig.from_preset("fast", weights="int4", activations="uint4",
+                                         observer="minmax", rounding="brecq", iters=60,
+                                         learn_steps=steps)
+        assert config.learn_steps == steps
+        quantize(small_cnn, out, image_feeds(64), config, quiet=True)
+        result = compare(load_model(small_cnn), load_model(out), image_feeds(64, seed=1))
+        errors[steps], scales[steps] = result.outputs[0].sqnr_db, _activation_scales(out)
+    assert scales[True].keys() == scales[False].keys()
+    moved = [name for name, scale in scales[True].items() if scale != scales[False][name]]
+    # all but the max-pool's (which shares its input's grid) and the Add's (read by a
+    # later block too)
+    assert len(moved) == len(scales[True]) - 2, sorted(set(scales[True]) - set(moved))
+    assert errors[True] > errors[False] + 0.5, errors
+
+
+def test_4_bit_activations_default_to_learned_steps_and_mse_ranges():
+    w4a4 = QuantConfig(weights="int4", activations="uint4", rounding="brecq")
+    assert w4a4.learn_steps and w4a4.observer == "mse"
+    w4a8 = QuantConfig(weights="int4", rounding="brecq")
+    assert not w4a8.learn_steps and w4a8.observer == "minmax"
+    assert not QuantConfig(weights="int4", activations="uint4").learn_steps  # nearest
+    assert QuantConfig(weights="int4", activations="uint4", observer="minmax").observer \
+        == "minmax"
+
+
+def test_learned_steps_need_learned_rounding_and_quantized_activations():
+    for fields in ({"rounding": "nearest"},
+                   {"rounding": "gptq", "activations": "none", **PRESETS["fast"]}):
+        with pytest.raises(OnnxqError, match="--learn-steps"):
+            QuantConfig(weights="int4", learn_steps=True, **fields)
