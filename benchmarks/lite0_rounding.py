@@ -75,7 +75,8 @@ def _settings(settings: tuple[str, ...]) -> dict[str, object]:
 @click.option("--rows", default="nearest,adaround,brecq,qdrop,precal", show_default=True)
 @click.option("--weights", default="int4", show_default=True)
 @click.option("--activations", default="uint8", show_default=True)
-@click.option("--iters", default=100, show_default=True)
+@click.option("--iters", type=int, default=None,
+              help="Steps per block (default: the config's, 100; 200 for 4-bit activations).")
 @click.option("--samples", default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--calib", "calib_dir", type=click.Path(file_okay=False), default=None)
@@ -127,7 +128,8 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
                 start = time.perf_counter()
                 quantize(fp32, path, calib, config, quiet=True)
                 runs[name] = {"file": path.name, "minutes": (time.perf_counter() - start) / 60,
-                              "weights": weights, "activations": activations, "iters": iters,
+                              "weights": weights, "activations": activations,
+                              "iters": config.iters,
                               "device": device, "samples": samples, "seed": seed,
                               "first_last_int8": first_last_int8,
                               "settings": _settings(settings),
