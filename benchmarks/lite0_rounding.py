@@ -75,8 +75,7 @@ def _settings(settings: tuple[str, ...]) -> dict[str, object]:
 @click.option("--rows", default="nearest,adaround,brecq,qdrop,precal", show_default=True)
 @click.option("--weights", default="int4", show_default=True)
 @click.option("--activations", default="uint8", show_default=True)
-@click.option("--iters", type=int, default=None,
-              help="Steps per block (default: the config's, 100; 200 for 4-bit activations).")
+@click.option("--iters", default=100, show_default=True)
 @click.option("--samples", default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--calib", "calib_dir", type=click.Path(file_okay=False), default=None)

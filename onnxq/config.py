@@ -54,8 +54,7 @@ class QuantConfig:
     bias_correction: str = "empirical"
     refine_ranges: bool = True
     rounding: str = "nearest"
-    iters: int | None = None
-    """Reconstruction steps per block or layer (None: 100; 200 for 4-bit activations)."""
+    iters: int = 100
     learn_scale: bool = False
     learn_steps: bool | None = None
     """Learn the activation steps with the rounding (None: for 4-bit activations)."""
@@ -147,9 +146,6 @@ class QuantConfig:
         if self.loss == "fisher" and self.rounding not in ("brecq", "qdrop"):
             raise OnnxqError("--loss fisher weights block outputs; use it with --rounding "
                              "brecq or qdrop")
-        if self.iters is None:
-            object.__setattr__(self, "iters", 200 if self.activations in ("int4", "uint4")
-                               else 100)
         if self.iters < 1:
             raise OnnxqError(f"--iters must be at least 1 (got {self.iters})")
         if self.cache_mb < 0:

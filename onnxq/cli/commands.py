@@ -229,9 +229,8 @@ def _read_plan(path: str) -> QuantPlan:
               help="Weight rounding: nearest, learned by reconstruction per layer (adaround), "
                    "per block (brecq) or per block with QDrop (qdrop), or GPTQ's second-order "
                    "rounding of MatMul/Gemm weights (gptq: weight-only, reads --calib).")
-@click.option("--iters", type=int, default=None,
-              help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop); "
-                   "default 100, 200 for 4-bit activations.")
+@click.option("--iters", type=int, default=100, show_default=True,
+              help="Reconstruction iterations per layer (adaround) or block (brecq/qdrop).")
 @click.option("--learn-scale", is_flag=True,
               help="Reconstruction also learns the per-channel weight scales.")
 @click.option("--learn-steps/--no-learn-steps", default=None,
