@@ -92,7 +92,7 @@ class QuantConfig:
         if self.activations is None:
             object.__setattr__(self, "activations", target.activations[0])
         if self.observer == "auto":
-            object.__setattr__(self, "observer", "mse" if self.activations in ("int4", "uint4")
+            object.__setattr__(self, "observer", "mse" if self.four_bit_activations
                                else "minmax")
         if self.keep_fragile_float is None:
             object.__setattr__(self, "keep_fragile_float", target.keep_fragile_float)
@@ -129,7 +129,7 @@ class QuantConfig:
             raise OnnxqError("weight-only quantization (no calibration data) cannot refine "
                              "ranges, learn rounding or measure bias correction; use "
                              "--preset fast with --bias-correction analytic|none")
-        if self.activations in ("int4", "uint4") and self.weights != "int4":
+        if self.four_bit_activations and self.weights != "int4":
             raise OnnxqError(f"--activations {self.activations} needs --weights int4: runtimes "
                              "have no kernel that mixes 4-bit activations with 8-bit weights")
         if self.rounding == "gptq" and (self.activations != "none" or self.precalibrate):
@@ -138,7 +138,7 @@ class QuantConfig:
                              "--activations and --precalibrate")
         if self.learn_steps is None:
             object.__setattr__(self, "learn_steps", self.learned_rounding
-                               and self.activations in ("int4", "uint4"))
+                               and self.four_bit_activations)
         elif self.learn_steps and not (self.learned_rounding and self.activations != "none"):
             raise OnnxqError("--learn-steps learns activation steps during reconstruction; "
                              "use it with --rounding adaround|brecq|qdrop and quantized "
@@ -267,6 +267,11 @@ class QuantConfig:
     def activation_symmetric(self) -> bool:
         """Signed activation grids are symmetric; unsigned ones are asymmetric."""
         return self.activations != "none" and QTYPES[self.activations].signed
+
+    @property
+    def four_bit_activations(self) -> bool:
+        """Whether activations are 4-bit (``--activations uint4|int4``)."""
+        return self.activations in ("int4", "uint4")
 
     @property
     def learned_rounding(self) -> bool:
