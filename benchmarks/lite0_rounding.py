@@ -10,6 +10,7 @@ with and without it (``--set``), three seeds each.
     python benchmarks/lite0_rounding.py --rows brecq --set learn_scale=true --set cache_mb=256
     python benchmarks/lite0_rounding.py --rows brecq --activations uint4 --first-last-int8 \
         --seeds 0,1,2 --set learn_steps=false
+    python benchmarks/lite0_rounding.py --rows nearest,brecq --weights fp4 --target openvino-cpu
     python benchmarks/lite0_rounding.py --score saved/ --json r.json
 """
 
@@ -30,6 +31,8 @@ from onnxq.io.data import ImageFolder
 from onnxq.io.model_io import load_model
 from onnxq.models.efficientnet_lite import INPUT_NAME, PREPROCESS, export
 from onnxq.plan.overrides import OverrideRule
+from onnxq.targets.profile import load_target
+from onnxq.targets.runtimes import load_on
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 ROWS = {
@@ -48,12 +51,15 @@ FIRST_LAST = ("/_conv_stem/Conv", "/_fc/Gemm")
 """Lite0's first and last layers, which the literature keeps at 8 bits (``--first-last-int8``)."""
 
 
-def _score(fp32: Path, models: dict[str, Path], val_dir: Path) -> dict[str, dict]:
+def _score(fp32: Path, models: dict[str, Path], val_dir: Path, runtime: str = "ort-cpu"
+           ) -> dict[str, dict]:
+    """Each model's top-1, agreement and KL on ``val_dir``, run on ``runtime``."""
     val = ImageFolder(val_dir, INPUT_NAME, PREPROCESS)
     reference = load_model(fp32)
     scores = {}
     for row, path in models.items():
-        result = compare(reference, load_model(path), val, labels=val.labels)
+        quantized = load_model(path) if runtime == "ort-cpu" else load_on(path, runtime)
+        result = compare(reference, quantized, val, labels=val.labels)
         scores[row] = {"top1": result.top1_quantized, "fp32_top1": result.top1_fp32,
                        "agreement": result.top1_agreement, "kl": result.kl_to_fp32}
     return scores
@@ -75,6 +81,9 @@ def _settings(settings: tuple[str, ...]) -> dict[str, object]:
 @click.option("--rows", default="nearest,adaround,brecq,qdrop,precal", show_default=True)
 @click.option("--weights", default="int4", show_default=True)
 @click.option("--activations", default="uint8", show_default=True)
+@click.option("--target", default="ort-cpu", show_default=True,
+              help="Target profile; the models are scored on its runtime (fp4 weights: "
+                   "openvino-cpu).")
 @click.option("--iters", default=100, show_default=True)
 @click.option("--samples", default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -90,19 +99,20 @@ def _settings(settings: tuple[str, ...]) -> dict[str, object]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
               help="A QuantConfig field for every row, e.g. --set weight_observer=mse.")
-def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir, save,
+def main(rows, weights, activations, target, iters, samples, device, calib_dir, val_dir, save,
          score_dir, seeds, first_last_int8, json_path, settings) -> None:
     """Quantize Lite0 once per row and seed; print top-1, agreement, KL and minutes."""
     if not (calib_dir or score_dir or (DATA / "calib").is_dir()):
         click.echo(f"skipped: {DATA} not found (or pass --calib)")
         return
     val_dir = Path(val_dir) if val_dir else (DATA / "val" if (DATA / "val").is_dir() else None)
+    runtime = load_target(target).runtime
     with tempfile.TemporaryDirectory() as tmp:
         if score_dir:
             saved = json.loads((Path(score_dir) / "runs.json").read_text())
             fp32 = export(Path(tmp) / "lite0.onnx")
             models = {row: Path(score_dir) / r["file"] for row, r in saved.items()}
-            for row, scores in _score(fp32, models, val_dir).items():
+            for row, scores in _score(fp32, models, val_dir, runtime).items():
                 saved[row].update(scores)
             runs = saved
         else:
@@ -121,6 +131,7 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
                                                  activations=activations, iters=iters,
                                                  samples=samples, device=device,
                                                  overrides=overrides,
+                                                 target=load_target(target),
                                                  min_cosine=-1, **fields)  # keep every row
                 name = f"{row} (seed {seed})"
                 path = out_dir / f"lite0.{row.replace(' ', '_').replace('+', '-')}.s{seed}.onnx"
@@ -128,6 +139,7 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
                 quantize(fp32, path, calib, config, quiet=True)
                 runs[name] = {"file": path.name, "minutes": (time.perf_counter() - start) / 60,
                               "weights": weights, "activations": activations,
+                              "target": target,
                               "iters": config.iters,
                               "device": device, "samples": samples, "seed": seed,
                               "first_last_int8": first_last_int8,
@@ -139,7 +151,7 @@ def main(rows, weights, activations, iters, samples, device, calib_dir, val_dir,
                     (out_dir / "runs.json").write_text(json.dumps(runs, indent=1))
             if val_dir is not None:
                 models = {row: out_dir / r["file"] for row, r in runs.items()}
-                for row, scores in _score(fp32, models, val_dir).items():
+                for row, scores in _score(fp32, models, val_dir, runtime).items():
                     runs[row].update(scores)
     click.echo(f"{'row':38} {'top1':>6} {'agree':>6} {'KL':>8} {'min':>6}")
     for row, r in runs.items():

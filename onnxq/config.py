@@ -13,7 +13,7 @@ from onnxq.numerics.observers import OBSERVERS
 from onnxq.plan.overrides import OverrideRule
 from onnxq.targets.profile import INT4_STORAGE, TargetProfile, load_target
 
-WEIGHT_TYPES = ("int8", "int4", "uint4")
+WEIGHT_TYPES = ("int8", "int4", "uint4", "fp4")
 BLOCKED_OPSET = 21
 """The first opset whose DequantizeLinear takes ``block_size``."""
 MIN_BLOCK = 16
@@ -132,6 +132,10 @@ class QuantConfig:
         if self.four_bit_activations and self.weights != "int4":
             raise OnnxqError(f"--activations {self.activations} needs --weights int4: runtimes "
                              "have no kernel that mixes 4-bit activations with 8-bit weights")
+        if self.fp4_weights and (self.rounding == "gptq" or self.precalibrate):
+            raise OnnxqError("fp4 weights round to nearest or learn their rounding; "
+                             "--rounding gptq and --precalibrate work on integer grids: use "
+                             "--rounding nearest|adaround|brecq|qdrop")
         if self.rounding == "gptq" and (self.activations != "none" or self.precalibrate):
             raise OnnxqError("--rounding gptq rounds weights against their FP32 inputs, for "
                              "weight-only quantization: give it --calib DATA, drop "
@@ -203,9 +207,9 @@ class QuantConfig:
         if size < MIN_BLOCK or size & (size - 1):
             raise OnnxqError(f"--block-size must be a power of two of at least {MIN_BLOCK} "
                              f"(ONNX Runtime fuses only those into MatMulNBits); got {size}")
-        if QTYPES[self.weights].dtype.bitwidth != 4:
-            raise OnnxqError("--block-size quantizes 4-bit MatMul weights in blocks; add "
-                             "--weights int4")
+        if self.weights not in ("int4", "uint4"):
+            raise OnnxqError("--block-size quantizes int4 or uint4 MatMul weights in blocks; "
+                             "add --weights int4")
         if not self.target.blocked_weights:
             raise OnnxqError(f"--target {self.target.name} does not run blocked weights; drop "
                              "--block-size or use --target ort-cpu|ort-gpu")
@@ -272,6 +276,12 @@ class QuantConfig:
     def four_bit_activations(self) -> bool:
         """Whether activations are 4-bit (``--activations uint4|int4``)."""
         return self.activations in ("int4", "uint4")
+
+    @property
+    def fp4_weights(self) -> bool:
+        """Whether some weights are fp4 (``--weights fp4`` or an override's), which ONNX
+        Runtime has no kernel for: the written model is checked on the target's runtime."""
+        return self.weights == "fp4" or any(rule.weights == "fp4" for rule in self.overrides)
 
     @property
     def learned_rounding(self) -> bool:

@@ -187,7 +187,8 @@ def _read_plan(path: str) -> QuantPlan:
 @click.option("--target-file", type=click.Path(dir_okay=False), default=None,
               help="TOML file whose entries override the --target profile's.")
 @click.option("--weights", type=click.Choice(WEIGHT_TYPES), default=None,
-              help="Weight type (default: the target's, int8); uint4 only with --block-size.")
+              help="Weight type (default: the target's, int8); uint4 only with --block-size; "
+                   "fp4 (E2M1, a non-uniform grid) only on --target openvino-cpu.")
 @click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default=None,
               help="Activation type (default: the target's: uint8, int8 for tensorrt/ort-gpu).")
 @click.option("--int4-storage", type=click.Choice(INT4_STORAGE), default=None,
@@ -337,6 +338,10 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
         if weight_only:
             raise OnnxqError("--report measures the model on data; with --calib none run "
                              "onnxq report FP32 QUANT --data PATH afterwards")
+        if config.fp4_weights:
+            raise OnnxqError("--report measures each layer in ONNX Runtime, which has no fp4 "
+                             "kernel; drop --report (onnxq validate --target openvino-cpu "
+                             "scores the model)")
         paths = report_paths(report_out, Path(report_out).with_suffix(".json"))
         inputs = [Path(p).absolute() for p in (model, overrides_path, plan_path) if p]
         for path in paths.values():
@@ -346,7 +351,8 @@ def quantize(model, output, calib, size, resize, mean, std, bgr, layout, target,
     report = quantize_file(model, out, source, config, quiet=quiet, model=loaded, plan=plan,
                            plan_out=plan_out, pareto_out=pareto_out, ray=ray)
     checked = ("" if report.output_cosine is None or math.isnan(report.output_cosine)
-               else f"; ORT runs it, output cosine to FP32 {report.output_cosine:.4f}")
+               else f"; {config.target.runtime if config.fp4_weights else 'ORT'} runs it, "
+               f"output cosine to FP32 {report.output_cosine:.4f}")
     click.echo(f"wrote {out}: {report.quantized_weights} weights and "
                f"{report.quantized_activations} activations quantized in {report.seconds:.1f} s"
                f"{checked}")
@@ -425,6 +431,7 @@ def report(fp32, quantized, data, size, resize, mean, std, bgr, layout, output, 
     overrides file that fixes them."""
     import json
 
+    from onnxq.emit.simulate import holds_float_grids
     from onnxq.io.model_io import load_model
     from onnxq.io.sources import open_source
     from onnxq.report.write import report_paths
@@ -444,6 +451,10 @@ def report(fp32, quantized, data, size, resize, mean, std, bgr, layout, output, 
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise OnnxqError(f"cannot read --pareto {pareto_path} ({type(exc).__name__}); "
                              "give the JSON quantize --pareto wrote") from None
+    if holds_float_grids(load_model(quantized)):
+        raise OnnxqError(f"{quantized} holds fp4 weights: the report measures each layer in "
+                         "ONNX Runtime, which has no fp4 kernel (onnxq validate --target "
+                         "openvino-cpu scores the model)")
     paths = report_paths(output, json_out)
     source = open_source(data, load_model(fp32), _make_image_options(
         size, resize, mean, std, bgr, layout), batches * batch_size, seed)
@@ -470,6 +481,7 @@ def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, sample
              device, target, quiet) -> None:
     """Compare QUANTIZED with FP32: SQNR, cosine, top-1 agreement/accuracy, latency."""
     from onnxq.analysis.validate import compare, latency_ms
+    from onnxq.emit.simulate import holds_float_grids
     from onnxq.io.model_io import load_model
     from onnxq.io.sources import open_source
     from onnxq.progress import Progress
@@ -477,6 +489,9 @@ def validate(fp32, quantized, data, size, resize, mean, std, bgr, layout, sample
     from onnxq.targets.runtimes import load_on
 
     reference, candidate = load_model(fp32), load_model(quantized)
+    if target is None and holds_float_grids(candidate):
+        raise OnnxqError(f"{quantized} holds fp4 weights, which ONNX Runtime has no kernel "
+                         "for; validate it with --target openvino-cpu")
     source = open_source(data, reference, _make_image_options(
         size, resize, mean, std, bgr, layout), samples, seed)
     labels = getattr(source, "labels", None)

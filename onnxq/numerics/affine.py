@@ -10,13 +10,15 @@ import onnx_ir as ir
 
 @dataclasses.dataclass(frozen=True)
 class QType:
-    """An integer grid: ONNX element type and its representable range."""
+    """A grid: ONNX element type and its representable range; an integer grid unless
+    ``levels`` lists its values (a float type's, in units of the scale)."""
 
     name: str
     dtype: ir.DataType
     qmin: int
     qmax: int
     min_opset: int
+    levels: tuple[float, ...] | None = None
 
     @property
     def signed(self) -> bool:
@@ -37,7 +39,11 @@ QTYPES: dict[str, QType] = {
     "int4": QType("int4", ir.DataType.INT4, -8, 7, 21),
     "uint4": QType("uint4", ir.DataType.UINT4, 0, 15, 21),
     "int32": QType("int32", ir.DataType.INT32, -(2**31), 2**31 - 1, 13),
+    "fp4": QType("fp4", ir.DataType.FLOAT4E2M1, -6, 6, 23, levels=tuple(
+        sign * v for sign in (-1, 1) for v in (0, 0.5, 1, 1.5, 2, 3, 4, 6))),
 }
+"""``fp4`` is E2M1 (OCP MX, NVFP4's element type): the non-uniform grid 0, 0.5, 1, 1.5, 2, 3,
+4, 6 and their negatives, denser near 0 where weights are."""
 
 WIDE = {"uint8": "uint16", "int8": "int16", "uint4": "uint16", "int4": "int16"}
 """The 16-bit grid each activation type moves to (``--min-sqnr``)."""
@@ -95,8 +101,12 @@ def per_element(param: np.ndarray, shape: tuple[int, ...], axis: int | None,
 
 def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QType,
              axis: int | None = None, block_size: int | None = None) -> np.ndarray:
-    """Round-to-nearest-even quantization of ``x`` (ONNX QuantizeLinear semantics)."""
+    """Round-to-nearest-even quantization of ``x`` (ONNX QuantizeLinear semantics): integers,
+    or on a float grid (zero point 0) its values as float32."""
     s = _broadcast(np.asarray(scale, np.float32), x.shape, axis, block_size)
+    if qtype.levels is not None:  # saturating cast, nearest-even on the grid's mantissa
+        q = np.clip(x.astype(np.float32) / s, qtype.qmin, qtype.qmax)
+        return q.astype(qtype.numpy_dtype).astype(np.float32)
     z = _broadcast(np.asarray(zero_point, np.int64), x.shape, axis, block_size)
     q = np.round(x.astype(np.float32) / s) + z
     return np.clip(q, qtype.qmin, qtype.qmax).astype(np.int64)
@@ -104,10 +114,11 @@ def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QT
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
                axis: int | None = None, block_size: int | None = None) -> np.ndarray:
-    """Map integers back to float32 (ONNX DequantizeLinear semantics)."""
+    """Map grid values (integers, or a float grid's) back to float32 (ONNX DequantizeLinear
+    semantics)."""
     s = _broadcast(np.asarray(scale, np.float32), q.shape, axis, block_size)
     z = _broadcast(np.asarray(zero_point, np.int64), q.shape, axis, block_size)
-    return ((q.astype(np.int64) - z) * s).astype(np.float32)
+    return ((q.astype(np.float64) - z) * s).astype(np.float32)
 
 
 def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QType,

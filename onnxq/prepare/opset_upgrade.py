@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import onnx
 import onnx_ir as ir
 from onnxscript import version_converter
 
@@ -24,11 +25,13 @@ class _Records(logging.Handler):
 
 
 class OpsetUpgradePass(ir.passes.InPlacePass):
-    """Convert the model to at least ``target`` (per-channel Q/DQ >= 13, int4/16-bit >= 21).
+    """Convert the model to at least ``target`` (per-channel Q/DQ >= 13, int4/16-bit >= 21,
+    fp4 >= 23).
 
-    Changes: the default-domain opset import and the node forms that differ
-    between versions; intermediate shapes are cleared for re-inference (the
-    converter's fallback renames symbolic dims such as ``batch``).  Never downgrades.
+    Changes: the default-domain opset import (and the IR version, to the least that opset
+    needs) and the node forms that differ between versions; intermediate shapes are cleared
+    for re-inference (the converter's fallback renames symbolic dims such as ``batch``).
+    Never downgrades.
     """
 
     def __init__(self, target: int):
@@ -55,6 +58,8 @@ class OpsetUpgradePass(ir.passes.InPlacePass):
             raise OnnxqError(f"cannot convert the model from opset {current} to {self.target} "
                              f"({reason}); re-export it at opset {self.target} or later")
         model.opset_imports[""] = self.target
+        model.ir_version = max(model.ir_version or 0, onnx.helper.find_min_ir_version_for(
+            [onnx.helper.make_opsetid("", self.target)]))  # e.g. 11 for fp4's opset 23
         outputs = set(model.graph.outputs)
         for node in model.graph:
             for value in node.outputs:

@@ -22,12 +22,24 @@ from onnxq.spec import QuantPlan
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid
 
 
-class LearnedRoundingWeight(nn.Module):
-    """W_q = s * clamp(floor(W / s0) + h(V), qmin, qmax); V starts at round-to-nearest.
+def grid_neighbours(units: torch.Tensor, levels: tuple[float, ...]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For values in units of the scale, the grid value at or below each (the lowest for
+    values under the grid, the next-to-top one above it) and the gap to the next one up."""
+    grid = torch.tensor(sorted(set(levels)), dtype=units.dtype)
+    index = (torch.searchsorted(grid, units.contiguous(), right=True) - 1).clamp(0, len(grid) - 2)
+    return grid[index], grid[index + 1] - grid[index]
 
-    With ``learn_scale`` the per-channel step ``s = s0 * exp(g)`` is learned too (``g``
-    starts at 0); the integers stay on the grid of ``s0``'s rounding, so ``s * q`` is still
-    exactly what a DequantizeLinear with scale ``s`` gives.
+
+class LearnedRoundingWeight(nn.Module):
+    """W_q = s * clamp(floor(W / s0) + h(V) * gap, qmin, qmax); V starts at round-to-nearest.
+
+    On an integer grid ``floor`` is the integer below and ``gap`` 1; on a non-uniform grid
+    (``fp4``) they are the grid value below and the distance to the one above, so the
+    rounding chooses between the two neighbours as it does on integers.  With
+    ``learn_scale`` the per-channel step ``s = s0 * exp(g)`` is learned too (``g`` starts at
+    0); the values stay on the grid of ``s0``'s rounding, so ``s * q`` is still exactly what
+    a DequantizeLinear with scale ``s`` gives.
     """
 
     def __init__(self, weight: np.ndarray, params: QParams, learn_scale: bool = False):
@@ -36,8 +48,14 @@ class LearnedRoundingWeight(nn.Module):
         self.qmin, self.qmax = grid.qmin, grid.qmax
         self.register_buffer("base_scale", per_axis(params.scale, weight.shape, params.axis))
         w = torch.from_numpy(np.array(weight, np.float32))
-        self.register_buffer("floor", torch.floor(w / self.base_scale))
-        rest = (w / self.base_scale - self.floor).clamp(0.01, 0.99)
+        units = w / self.base_scale
+        if grid.levels is None:
+            floor, gap = torch.floor(units), torch.ones(())
+        else:
+            floor, gap = grid_neighbours(units, grid.levels)
+        self.register_buffer("floor", floor)
+        self.register_buffer("gap", gap)
+        rest = ((units - self.floor) / self.gap).clamp(0.01, 0.99)
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
         self.log_gain = (nn.Parameter(torch.zeros_like(self.base_scale)) if learn_scale
                          else None)
@@ -57,12 +75,13 @@ class LearnedRoundingWeight(nn.Module):
         return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
     def integers(self) -> torch.Tensor:
-        """The hard-rounded integer weights."""
-        return torch.clamp(self.floor + (self.alpha >= 0).float(), self.qmin, self.qmax)
+        """The hard-rounded weights in units of the scale (integers, or grid values)."""
+        return torch.clamp(self.floor + (self.alpha >= 0).float() * self.gap, self.qmin,
+                           self.qmax)
 
     def forward(self) -> torch.Tensor:
         offset = self.h() if self.soft else (self.alpha >= 0).float()
-        return torch.clamp(self.floor + offset, self.qmin, self.qmax) * self.scale
+        return torch.clamp(self.floor + offset * self.gap, self.qmin, self.qmax) * self.scale
 
     def regularizer(self, beta: float) -> torch.Tensor:
         """AdaRound's term pushing every h(V) to 0 or 1."""
