@@ -112,7 +112,8 @@ def quantize(model_path: str | os.PathLike, output_path: str | os.PathLike | Non
             feed = random_feed(np.random.default_rng(config.seed), inputs, dynamic=32)
         report.output_cosine = check_written(model_path, written, feed, config.min_cosine,
                                              config.device, random=data is None,
-                                             runtime=config.target.runtime)
+                                             fp4_runtime=config.target.runtime
+                                             if config.fp4_weights else None)
 
     save_model(model, output_path, verify, external)
     if "--plan-out" in sides:

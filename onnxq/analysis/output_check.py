@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 
-from onnxq.emit.simulate import float_grid_weights, holds_float_grids
+from onnxq.emit.simulate import float_grid_weights
 from onnxq.errors import OnnxqError
 from onnxq.io.model_io import load_model, to_proto
 from onnxq.io.pieces import WHOLE_BYTES, run_in_pieces, weight_nbytes
@@ -46,17 +45,17 @@ def _outputs(source: Path, feed: Mapping[str, np.ndarray], device: str, pieces: 
     return dict(zip(names, run(session, names, dict(feed)), strict=True))
 
 
-def _float_grid_outputs(written: Path, model: ir.Model, feed: Mapping[str, np.ndarray],
-                        device: str, runtime: str
-                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _float_grid_outputs(written: Path, feed: Mapping[str, np.ndarray], device: str,
+                        runtime: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Outputs of a model with fp4 weights, which ONNX Runtime has no kernel for: on the
     target's ``runtime`` (the fused run) and, in ORT, with the fp4 weights replaced by the
-    float values they dequantize to (the plain run); ``model`` is the file's, loaded."""
+    float values they dequantize to (the plain run)."""
     if _in_pieces(written):
         raise OnnxqError("fp4 weights are checked with the whole model in memory, and this "
                          "one is too large; use --weights int4 --block-size 32 for it")
     target = load_on(written, runtime)
     fused = dict(zip(target.output_names, target.infer(dict(feed)), strict=True))
+    model = load_model(written)
     float_grid_weights(model)
     session = open_session(to_proto(model).SerializeToString(), device, optimize=False)
     names = [o.name for o in session.get_outputs()]
@@ -65,12 +64,12 @@ def _float_grid_outputs(written: Path, model: ir.Model, feed: Mapping[str, np.nd
 
 def check_written(fp32_path: Path, written: Path, feed: Mapping[str, np.ndarray],
                   min_cosine: float, device: str = "cpu", random: bool = False,
-                  runtime: str = "ort-cpu") -> float:
+                  fp4_runtime: str | None = None) -> float:
     """Raise a one-line error unless ``written`` runs, is finite and has, on ``feed``, a
     cosine to FP32 of at least ``min_cosine`` on every output; return the lowest cosine.
     With a ``random`` feed (no calibration data), a reference that cannot run it skips
-    the comparison with a warning.  A model with fp4 weights runs on the target's
-    ``runtime`` instead of ORT's optimized graph."""
+    the comparison with a warning.  A model with fp4 weights runs on ``fp4_runtime`` (the
+    target's) instead of ORT's optimized graph."""
     try:
         reference = _outputs(fp32_path, feed, device, _in_pieces(fp32_path))
     except OnnxqError:
@@ -79,9 +78,8 @@ def check_written(fp32_path: Path, written: Path, feed: Mapping[str, np.ndarray]
         warnings.warn("the written model was not compared with FP32: the model does not run "
                       "on a random sample (no calibration data)", stacklevel=2)
         return float("nan")
-    model = load_model(written)
-    if holds_float_grids(model):
-        fused, plain = _float_grid_outputs(written, model, feed, device, runtime)
+    if fp4_runtime is not None:
+        fused, plain = _float_grid_outputs(written, feed, device, fp4_runtime)
     else:
         pieces = _in_pieces(written)
         fused = _outputs(written, feed, device, pieces)
